@@ -1,0 +1,4 @@
+"""Thin Prefect flows over the ``tnb`` library. Importing this package configures
+Prefect for tnb first (analytics off, local home): see :mod:`flows._env`."""
+
+from flows import _env as _env  # noqa: F401  (must run before prefect is imported)

@@ -1,0 +1,32 @@
+"""Prefect settings every tnb process starts with, applied before prefect is imported.
+
+- Analytics off: tnb makes no outbound connection except a hub download the user asked for.
+- A local Prefect home under the project's runtime directory (``.tnb/prefect`` in the
+  working directory), unless the user configured ``PREFECT_HOME`` themselves.
+- A server started by tnb binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUNTIME_DIR = Path(os.environ.get("TNB_RUNTIME_DIR", ".tnb")).absolute()
+
+_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    "PREFECT_HOME": str(RUNTIME_DIR / "prefect"),
+}
+
+
+def configure() -> None:
+    """Set tnb's Prefect defaults; analytics are forced off, the rest only if unset."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    for name, value in _DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+configure()

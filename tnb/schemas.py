@@ -1,0 +1,113 @@
+"""Every lake table's partition keys and column schema, in one place.
+
+Partition key columns are *not* stored in the Parquet files; readers get them
+from the hive path (``model=gpt2/site=resid/layer=3``), as ``pl.scan_parquet(...,
+hive_partitioning=True)`` and ``pyarrow.dataset(..., partitioning="hive")`` do.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Partition keys of each table, outermost first.
+PARTITION_KEYS: dict[str, tuple[str, ...]] = {
+    "tokens": ("stream",),
+    "models": ("model",),
+    "activations": ("model", "site", "layer"),
+    "labels": ("model", "site", "layer", "method"),
+    "metrics": ("model", "site", "layer", "method"),
+}
+
+#: Integer-valued partition keys (everything else is a string).
+INT_KEYS = frozenset({"layer"})
+
+TOKENS = pa.schema(
+    [
+        ("pos", pa.int32()),  # global position in the stream, 0..n_tokens-1
+        ("doc_id", pa.int32()),  # ordinal of the source document in corpus order
+        ("seq_id", pa.int32()),  # which sequence of seq_len tokens
+        ("seq_pos", pa.int32()),  # position inside that sequence
+        ("token_id", pa.int32()),
+        ("token", pa.string()),  # readable text: " the", not "Ġthe"
+    ]
+)
+
+MODELS = pa.schema(
+    [
+        ("source", pa.string()),  # hub id or local directory it was loaded from
+        ("architecture", pa.string()),  # e.g. GPT2Model, BertModel
+        ("stream", pa.string()),  # the token stream its activations are aligned to
+        ("n_layers", pa.int32()),  # transformer blocks; resid layers are 0..n_layers
+        ("d_resid", pa.int32()),
+        ("d_mlp", pa.int32()),
+    ]
+)
+
+LABELS = pa.schema(
+    [
+        ("row_k", pa.int32()),
+        ("col_k", pa.int32()),
+        ("axis", pa.string()),  # "token" (index = pos) or "neuron" (index = neuron)
+        ("index", pa.int32()),
+        ("label", pa.int32()),
+    ]
+)
+
+METRICS = pa.schema(
+    [
+        ("row_k", pa.int32()),
+        ("col_k", pa.int32()),
+        ("n_tokens", pa.int32()),
+        ("n_neurons", pa.int32()),
+        ("r2", pa.float64()),
+        ("adjusted_r2", pa.float64()),
+        ("z", pa.float64()),
+        ("p", pa.float64()),
+        ("null_mean", pa.float64()),
+        ("null_sd", pa.float64()),
+        ("statistic", pa.string()),  # "r2" or "mean_block_mean"
+        ("null", pa.string()),  # which null the z comes from: "label_shuffle" or "refit"
+        ("n_permutations", pa.int32()),
+        ("spec_mean", pa.float64()),
+        ("spec_median", pa.float64()),
+        ("seconds", pa.float64()),
+        ("seed", pa.int64()),
+        ("selected", pa.bool_()),  # the grid point the selection rule picked for this layer
+        ("selection_rule", pa.string()),
+        ("code_version", pa.string()),
+    ]
+)
+
+FIXED_SCHEMAS: dict[str, pa.Schema] = {
+    "tokens": TOKENS,
+    "models": MODELS,
+    "labels": LABELS,
+    "metrics": METRICS,
+}
+
+
+def activations_schema(width: int, dtype: str = "float16") -> pa.Schema:
+    """Schema of one activations partition: ``pos`` and a fixed-size list ``act``.
+
+    Parameters
+    ----------
+    width : int
+        Number of neurons (d_model for ``resid``, 4 x d_model for ``mlp``).
+    dtype : {"float16", "float32"}
+    """
+    value_type = {"float16": pa.float16(), "float32": pa.float32()}.get(dtype)
+    if value_type is None:
+        raise ValueError(f"dtype should be 'float16' or 'float32'. Got {dtype!r} instead.")
+    if width < 1:
+        raise ValueError(f"width should be >= 1. Got {width} instead.")
+    return pa.schema([("pos", pa.int32()), ("act", pa.list_(value_type, width))])
+
+
+def expected_schema(table: str, actual: pa.Schema) -> pa.Schema:
+    """The schema ``actual`` must equal to be written to ``table``."""
+    if table == "activations":
+        act = actual.field("act").type if "act" in actual.names else None
+        if not (isinstance(act, pa.FixedSizeListType) and act.value_type in (pa.float16(), pa.float32())):
+            return activations_schema(1)  # shape of what is expected, for the error message
+        return activations_schema(act.list_size, "float16" if act.value_type == pa.float16() else "float32")
+    return FIXED_SCHEMAS[table]

@@ -14,12 +14,13 @@ PARTITION_KEYS: dict[str, tuple[str, ...]] = {
     "tokens": ("stream",),
     "models": ("model",),
     "activations": ("model", "site", "layer"),
-    "labels": ("model", "site", "layer", "method"),
-    "metrics": ("model", "site", "layer", "method"),
+    # drop_first: how many leading positions of each sequence were left out of the matrix
+    "labels": ("model", "site", "layer", "method", "drop_first"),
+    "metrics": ("model", "site", "layer", "method", "drop_first"),
 }
 
 #: Integer-valued partition keys (everything else is a string).
-INT_KEYS = frozenset({"layer"})
+INT_KEYS = frozenset({"layer", "drop_first"})
 
 TOKENS = pa.schema(
     [

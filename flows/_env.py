@@ -18,6 +18,9 @@ _DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_API_HOST": "127.0.0.1",
     "PREFECT_HOME": str(RUNTIME_DIR / "prefect"),
+    # the temporary server Prefect starts when no PREFECT_API_URL is set needs more than
+    # the default 20 s on a busy 2-core machine (its first start migrates the database)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

@@ -1,0 +1,135 @@
+"""The ``tnb`` command line. Errors a user can act on print as one line (exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from tnb import __version__
+from tnb.errors import TnbError
+from tnb.models import PRESETS, SITES
+
+DEFAULT_LAKE = "lake"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be >= 1, got {value}")
+    return value
+
+
+def add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that builds a token stream."""
+    parser.add_argument("--lake", default=DEFAULT_LAKE, help="lake root directory (default: %(default)s)")
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="local .parquet/.jsonl/.txt file or directory, or a hub dataset id; default: the bundled Wikipedia sample",
+    )
+    parser.add_argument("--corpus-config", default=None, help="hub dataset config, e.g. 20231101.en")
+    parser.add_argument("--text-column", default="text", help="column holding the text (default: %(default)s)")
+    parser.add_argument("--max-documents", type=_positive_int, default=None, help="read at most N documents")
+    parser.add_argument("--max-tokens", type=_positive_int, default=20_000, help="token positions (default: %(default)s)")
+    parser.add_argument("--seq-len", type=_positive_int, default=128, help="sequence length (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="redo partitions that are already complete")
+
+
+def _corpus_source(args: argparse.Namespace) -> str | None:
+    if args.corpus_config:
+        if not args.corpus:
+            raise TnbError("--corpus-config needs --corpus (a hub dataset id)")
+        return f"{args.corpus}:{args.corpus_config}"
+    return args.corpus
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.extract import tokenize_flow
+
+    stream = tokenize_flow(
+        lake=args.lake,
+        model=args.model,
+        corpus=_corpus_source(args),
+        max_tokens=args.max_tokens,
+        seq_len=args.seq_len,
+        text_column=args.text_column,
+        max_documents=args.max_documents,
+        overwrite=args.overwrite,
+    )
+    print(f"tokens: {os.path.join(args.lake, 'tokens', 'stream=' + stream)}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from flows.extract import extract_flow
+
+    result = extract_flow(
+        lake=args.lake,
+        model=args.model,
+        corpus=_corpus_source(args),
+        max_tokens=args.max_tokens,
+        seq_len=args.seq_len,
+        sites=tuple(args.site),
+        layers=args.layers,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        text_column=args.text_column,
+        max_documents=args.max_documents,
+    )
+    print(
+        f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "
+        f"{len(result['skipped'])} already complete"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
+    parser.add_argument("--version", action="version", version=f"tnb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="corpus -> token stream in the lake")
+    add_corpus_args(ingest)
+    ingest.add_argument("--model", default="minilm", help=f"whose tokenizer to use: {', '.join(PRESETS)} or a path")
+    ingest.set_defaults(func=_cmd_ingest)
+
+    extract = commands.add_parser("extract", help="token stream -> per-layer activations in the lake")
+    add_corpus_args(extract)
+    extract.add_argument("--model", default="minilm", help=f"{', '.join(PRESETS)}, a model directory or a hub id")
+    extract.add_argument("--site", action="append", choices=SITES, help="resid (default) and/or mlp; repeatable")
+    extract.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
+    extract.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
+    extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
+    extract.set_defaults(func=_cmd_extract)
+
+    for module_name in ("flows.cli", "tnb.analysis_cli"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "site", "unset") is None:
+        args.site = ["resid"]
+    try:
+        return int(args.func(args) or 0)
+    except TnbError as error:
+        print(f"tnb: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tnb: interrupted; complete partitions are kept, re-run to finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

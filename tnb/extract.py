@@ -1,0 +1,243 @@
+"""Token stream -> per-layer activations in the lake, streamed in bounded memory.
+
+Sites and layer numbers (one place that maps ``hidden_states`` to layers):
+
+``resid``
+    ``hidden_states[layer]`` as ``transformers`` returns it with ``output_hidden_states``:
+    layer 0 is the embedding output, layer i (1..n_layers) the output of block i. As in
+    the study, for GPT-2 the last one (``layer = n_layers``) has the final layer norm
+    ``ln_f`` applied, because that is what GPT2Model returns there.
+``mlp``
+    Block i's MLP neurons after the activation function (i = 1..n_layers), 4 x hidden
+    wide for GPT-2 and BERT, captured by a forward pre-hook on the MLP's down projection.
+    Hooks are always removed, also on error.
+
+Peak memory is one batch of every layer (``batch_size x seq_len x (n_layers + 1) x width``),
+never layers x tokens: each batch is appended as a row group to one staged Parquet file
+per partition, and all of them are published (renamed into place) when the pass ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tnb.errors import ModelError
+from tnb.lake import Lake, PartitionKey, partition_key
+from tnb.models import (
+    SITES,
+    Architecture,
+    ModelSpec,
+    architecture,
+    check_layers,
+    load_config,
+    load_model,
+    load_tokenizer,
+    mlp_module_name,
+)
+from tnb.schemas import MODELS, activations_schema
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    model: str
+    stream: str
+    n_layers: int
+    written: tuple[str, ...]  # partitions published by this call
+    skipped: tuple[str, ...]  # partitions that were already complete
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def ensure_token_stream(
+    lake: Lake,
+    corpus: str | None,
+    tokenizer_name: str,
+    tokenizer: Any,
+    max_tokens: int,
+    seq_len: int,
+    text_column: str = "text",
+    max_documents: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write the token stream of (corpus, tokenizer) once; return its stream id."""
+    from tnb.corpus import corpus_name, load_corpus
+    from tnb.tokens import build_token_stream, stream_id
+
+    stream = stream_id(corpus_name(corpus), tokenizer_name, max_tokens, seq_len)
+    key = partition_key("tokens", stream=stream)
+    config = {
+        "corpus": corpus or "bundled:enwiki_sample",
+        "tokenizer": tokenizer_name,
+        "max_tokens": max_tokens,
+        "seq_len": seq_len,
+        "text_column": text_column,
+        "max_documents": max_documents,
+    }
+    if overwrite or not lake.is_complete(key, config):
+        documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents)
+        table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
+        lake.write_table(key, table, config, overwrite=True)
+    return stream
+
+
+def register_model(lake: Lake, spec: ModelSpec, arch: Architecture, stream: str, overwrite: bool = False) -> None:
+    """Record which stream a model's activations are aligned to (the ``models`` table)."""
+    key = partition_key("models", model=spec.name)
+    config = {"source": spec.source, "stream": stream}
+    if not overwrite and lake.is_complete(key, config):
+        return
+    row = {
+        "source": [spec.source],
+        "architecture": [arch.model_type],
+        "stream": [stream],
+        "n_layers": [arch.n_layers],
+        "d_resid": [arch.d_resid],
+        "d_mlp": [arch.d_mlp],
+    }
+    lake.write_table(key, pa.table(row, schema=MODELS), config, overwrite=True)
+
+
+@contextlib.contextmanager
+def capture_inputs(model: Any, module_names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Capture the first positional input of each named module; hooks removed on exit."""
+    captured: dict[str, Any] = {}
+    handles = []
+    try:
+        for name in module_names:
+            module = model.get_submodule(name)
+
+            def hook(_module: Any, args: tuple[Any, ...], _name: str = name) -> None:
+                captured[_name] = args[0]
+
+            handles.append(module.register_forward_pre_hook(hook))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batches(token_ids: np.ndarray, seq_ids: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions, token-id matrix) per batch of equal-length sequences, in stream order."""
+    starts = np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]])
+    bounds = np.r_[starts, len(seq_ids)]
+    lengths = np.diff(bounds)
+    first = 0
+    while first < len(starts):
+        last = first + 1
+        while last < len(starts) and last - first < batch_size and lengths[last] == lengths[first]:
+            last += 1
+        begin, end = bounds[first], bounds[last]
+        yield np.arange(begin, end, dtype=np.int32), token_ids[begin:end].reshape(last - first, lengths[first])
+        first = last
+
+
+def _activation_table(pos: np.ndarray, values: Any, width: int, schema: pa.Schema, dtype: str) -> pa.Table:
+    import torch
+
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    flat = values.reshape(-1, width).to(device="cpu", dtype=torch_dtype).contiguous().numpy().reshape(-1)
+    act = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
+    return pa.Table.from_arrays([pa.array(pos), act], schema=schema)
+
+
+def extract_activations(
+    lake: Lake,
+    spec: ModelSpec,
+    stream: str,
+    sites: Sequence[str] = ("resid",),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    dtype: str = "float16",
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> ExtractResult:
+    """Run the model over the stream and publish one partition per (site, layer).
+
+    Complete partitions made with the same config are skipped (the model is not even
+    loaded when nothing is missing); ``overwrite`` redoes them.
+    """
+    if batch_size < 1:
+        raise ModelError(f"batch_size should be >= 1. Got {batch_size} instead.")
+    if dtype not in ("float16", "float32"):
+        raise ModelError(f"dtype should be 'float16' or 'float32'. Got {dtype!r} instead.")
+    for site in sites:
+        if site not in SITES:
+            raise ModelError(f"site should be one of {SITES}. Got {site!r} instead.")
+    arch = architecture(load_config(spec))
+    wanted: list[tuple[str, int, PartitionKey]] = []
+    for site in sites:
+        if site == "mlp":
+            mlp_module_name(arch.model_type, 1)  # fails early for unsupported architectures
+        for layer in check_layers(arch, site, None if layers is None else list(layers), spec.name):
+            wanted.append((site, layer, partition_key("activations", model=spec.name, site=site, layer=layer)))
+    register_model(lake, spec, arch, stream, overwrite=overwrite)
+    config = {"source": spec.source, "stream": stream, "dtype": dtype}
+    todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config)]
+    skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
+    if todo:
+        _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress)
+    return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped)
+
+
+def _run_model(
+    lake: Lake,
+    spec: ModelSpec,
+    arch: Architecture,
+    stream: str,
+    todo: list[tuple[str, int, PartitionKey]],
+    config: dict[str, Any],
+    batch_size: int,
+    dtype: str,
+    device: str,
+    progress: bool,
+) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    tokens = lake.read(partition_key("tokens", stream=stream), columns=["token_id", "seq_id"])
+    token_ids = tokens.column("token_id").to_numpy()
+    seq_ids = tokens.column("seq_id").to_numpy()
+    device = pick_device(device)
+    model = load_model(spec, device)
+    mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
+    need_resid = any(site == "resid" for site, _, _ in todo)
+    with contextlib.ExitStack() as stack:
+        writers = {
+            (site, layer): stack.enter_context(
+                lake.writer(key, activations_schema(arch.width(site), dtype), config)
+            )
+            for site, layer, key in todo
+        }
+        captured = stack.enter_context(capture_inputs(model, list(mlp_names.values())))
+        bar = stack.enter_context(
+            tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
+        )
+        with torch.inference_mode():
+            for pos, ids in _batches(token_ids, seq_ids, batch_size):
+                input_ids = torch.from_numpy(ids.astype(np.int64)).to(device)
+                output = model(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    output_hidden_states=need_resid,
+                )
+                hidden = output.hidden_states if need_resid else None
+                if need_resid and len(hidden) != arch.n_layers + 1:
+                    raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")
+                for (site, layer), out in writers.items():
+                    values = hidden[layer] if site == "resid" else captured[mlp_names[layer]]
+                    out.write(_activation_table(pos, values, arch.width(site), out.schema, dtype))
+                bar.update(len(pos))

@@ -1,0 +1,245 @@
+"""Polars SQL over the lake: tables registered by name as lazy scans, parameters bound as data.
+
+Every lake table is registered under its own name (``tokens``, ``models``, ``labels``,
+``metrics``, ``activations``), plus two helper tables:
+
+``params``
+    One row holding the query's parameters (``model``, ``site``, ``layer``, ``method``,
+    ``drop_first``, ``row_k``, ``col_k``, ``top_n``, ``min_count``, ``artifact_share``).
+    Queries read them with ``CROSS JOIN params AS p``; a NULL parameter means "all".
+    Parameters are *values in a table*, never text pasted into SQL, so a model named
+    ``x' OR '1'='1`` is just a string that matches no model.
+``activation_cells``
+    One layer's activations in long form (``pos, neuron, value``), for the partition named
+    by ``params.model/site/layer``; registered only when a statement mentions it.
+
+>>> run_query("lake", "top_tokens", params={"model": "minilm", "layer": 3})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+import tnb
+from tnb.errors import LakeError, TnbError
+from tnb.lake import DATA_FILE, Lake, partition_key
+from tnb.schemas import PARTITION_KEYS
+
+
+class QueryError(TnbError):
+    """A query file is missing, a parameter is unknown, or the SQL does not run."""
+
+
+#: Every parameter a query may read from ``params``, its type and its default.
+PARAMS: dict[str, tuple[type, Any]] = {
+    "model": (str, None),
+    "site": (str, None),
+    "layer": (int, None),
+    "method": (str, None),
+    "drop_first": (int, 0),  # the study kept every position; 0 is the default everywhere
+    "row_k": (int, None),  # with col_k: this grid point instead of the selected one
+    "col_k": (int, None),
+    "top_n": (int, 10),  # rows per group in top_tokens / top_neurons
+    "min_count": (int, 2),  # a token must occur this often in a cluster to be ranked by lift
+    "artifact_share": (float, 0.9),  # a cluster with more than this share at one seq_pos is a position artifact
+}
+
+_POLARS_TYPES = {str: pl.String, int: pl.Int64, float: pl.Float64}
+
+#: Tables registered from the lake (activations only through ``activation_cells``).
+LAKE_TABLES = ("tokens", "models", "labels", "metrics")
+
+Format = Literal["table", "csv", "parquet"]
+
+
+def sql_dir() -> Path:
+    """The project's ``sql/`` directory (repository checkout first, then the current directory)."""
+    candidates = [
+        Path(tnb.__file__).resolve().parents[1] / "sql",
+        Path(tnb.__file__).resolve().parent / "sql",  # if packaged as tnb/sql
+        Path.cwd() / "sql",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise QueryError(f"no sql/ directory found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def list_queries() -> list[str]:
+    """Names of the bundled queries (``sql/*.sql`` without the suffix)."""
+    return sorted(path.stem for path in sql_dir().glob("*.sql"))
+
+
+def resolve_sql(query: str) -> tuple[str, str]:
+    """Turn a file path, a bundled query name or an inline statement into ``(name, sql text)``.
+
+    A string containing whitespace is an inline statement. Otherwise it is a path to a
+    ``.sql`` file, or the name of one in ``sql/`` (``top_tokens`` or ``top_tokens.sql``).
+    """
+    text = query.strip()
+    if not text:
+        raise QueryError("empty query; give a .sql file, a name in sql/ or a SELECT statement")
+    if re.search(r"\s", text):
+        return "inline", text
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.stem, path.read_text()
+    name = text[:-4] if text.endswith(".sql") else text
+    bundled = sql_dir() / f"{name}.sql"
+    if "/" not in name and bundled.is_file():
+        return name, bundled.read_text()
+    raise QueryError(f"no query {query!r}: not a file, and sql/ has {list_queries()}")
+
+
+def params_frame(params: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """The one-row ``params`` table: defaults overridden by ``params`` (``None`` = all)."""
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(PARAMS))
+    if unknown:
+        raise QueryError(f"unknown query parameter(s) {unknown}; parameters are {sorted(PARAMS)}")
+    row = {}
+    for name, (kind, default) in PARAMS.items():
+        value = given.get(name, default)
+        if value is not None:
+            try:
+                value = kind(value)
+            except (TypeError, ValueError):
+                raise QueryError(f"parameter {name} should be {kind.__name__}. Got {value!r} instead.") from None
+        row[name] = value
+    return pl.DataFrame([row], schema={name: _POLARS_TYPES[kind] for name, (kind, _) in PARAMS.items()})
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parse ``name=value`` from the command line; ``name=`` or ``name=all`` means NULL (all)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or name not in PARAMS:
+        raise QueryError(f"--param should be NAME=VALUE with NAME in {sorted(PARAMS)}. Got {text!r} instead.")
+    raw = raw.strip()
+    if raw in ("", "all", "ALL", "null", "NULL"):
+        return name, None
+    kind = PARAMS[name][0]
+    try:
+        return name, kind(raw)
+    except ValueError:
+        raise QueryError(f"parameter {name} should be {kind.__name__}. Got {raw!r} instead.") from None
+
+
+def _empty_scan(table: str) -> pl.LazyFrame:
+    from tnb.schemas import FIXED_SCHEMAS
+
+    frame = pl.from_arrow(FIXED_SCHEMAS[table].empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    keys = {name: (pl.Int64 if name in ("layer", "drop_first") else pl.String) for name in PARTITION_KEYS[table]}
+    return frame.with_columns(*(pl.lit(None, dtype).alias(name) for name, dtype in keys.items())).lazy()
+
+
+def _scan(lake: Lake, table: str) -> pl.LazyFrame:
+    """A table's lazy scan with integer partition keys as Int64 (stable across hive inference)."""
+    try:
+        frame = lake.scan(table)
+    except LakeError as error:
+        if "is empty" not in str(error):
+            raise
+        return _empty_scan(table)
+    ints = [name for name in PARTITION_KEYS[table] if name in ("layer", "drop_first")]
+    strings = [name for name in PARTITION_KEYS[table] if name not in ints]
+    return frame.with_columns(
+        *(pl.col(name).cast(pl.Int64) for name in ints), *(pl.col(name).cast(pl.String) for name in strings)
+    )
+
+
+def tables(lake: Lake | str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
+    """The lake's tables as Polars LazyFrames, for notebooks.
+
+    Returns
+    -------
+    dict of str to LazyFrame
+        ``tokens``, ``models``, ``labels`` and ``metrics``; an empty table has the right
+        columns and no rows.
+    """
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    return {name: _scan(lake, name) for name in LAKE_TABLES}
+
+
+def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFrame:
+    """One layer's activations as rows ``(pos, neuron, value)``, value as Float64."""
+    key = partition_key("activations", model=model, site=site, layer=layer)
+    if lake.manifest(key) is None:
+        raise QueryError(f"partition {key} is not in the lake at {lake.root}; extract it first")
+    frame = pl.scan_parquet(lake.partition_dir(key) / DATA_FILE)
+    return (
+        frame.with_columns(
+            neuron=pl.int_ranges(0, pl.col("act").arr.len(), dtype=pl.Int64),
+            value=pl.col("act").arr.to_list(),
+        )
+        .explode(["neuron", "value"])
+        .select(pl.col("pos").cast(pl.Int64), "neuron", pl.col("value").cast(pl.Float64))
+    )
+
+
+def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[str, Any] | None = None) -> pl.SQLContext:
+    """A SQLContext with the lake tables, ``params`` and (if ``sql`` needs it) ``activation_cells``."""
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    bound = params_frame(params)
+    frames: dict[str, pl.LazyFrame] = dict(tables(lake))
+    frames["params"] = bound.lazy()
+    if re.search(r"\bactivation_cells\b", sql, re.IGNORECASE):
+        row = bound.row(0, named=True)
+        missing = [name for name in ("model", "site", "layer") if row[name] is None]
+        if missing:
+            raise QueryError(f"this query reads activations; give --param for {', '.join(missing)}")
+        frames["activation_cells"] = activation_cells(lake, row["model"], row["site"], row["layer"])
+    return pl.SQLContext(frames=frames)
+
+
+def run_query(
+    lake: Lake | str | os.PathLike[str], query: str, params: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """Run a bundled query, a ``.sql`` file or an inline statement against a lake.
+
+    Parameters
+    ----------
+    lake : Lake or path
+    query : str
+        ``"top_tokens"``, ``"sql/top_tokens.sql"``, a path, or ``"SELECT ..."``.
+    params : mapping, optional
+        Values for the ``params`` table (see :data:`PARAMS`); bound as data, never as SQL text.
+    """
+    name, sql = resolve_sql(query)
+    ctx = context(lake, sql, params)
+    try:
+        return ctx.execute(sql, eager=True)
+    except (pl.exceptions.PolarsError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QueryError(f"query {name} failed: {first}") from None
+
+
+def write_result(frame: pl.DataFrame, fmt: Format = "table", out: str | os.PathLike[str] | None = None) -> str | None:
+    """Print-ready text for ``table``/``csv`` without ``out``; otherwise write ``out`` and return None."""
+    if fmt not in ("table", "csv", "parquet"):
+        raise QueryError(f"format should be 'table', 'csv' or 'parquet'. Got {fmt!r} instead.")
+    if fmt == "parquet" and out is None:
+        raise QueryError("--format parquet needs --out PATH")
+    if out is not None:
+        path = Path(out).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            frame.write_parquet(path)
+        elif fmt == "csv":
+            frame.write_csv(path)
+        else:
+            path.write_text(_as_table(frame) + "\n")
+        return None
+    return frame.write_csv() if fmt == "csv" else _as_table(frame)
+
+
+def _as_table(frame: pl.DataFrame) -> str:
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=400, tbl_hide_dataframe_shape=True):
+        return str(frame)

@@ -45,7 +45,17 @@ def _corpus_source(args: argparse.Namespace) -> str | None:
     return args.corpus
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
+    from tnb.lake import Lake
+    from tnb.models import resolve_model
+
+    resolve_model(args.model)
+    Lake(args.lake)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    _preflight(args)
     from flows.extract import tokenize_flow
 
     stream = tokenize_flow(
@@ -63,6 +73,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    _preflight(args)
     from flows.extract import extract_flow
 
     result = extract_flow(

@@ -1,0 +1,231 @@
+"""Extraction: parity with the model's own outputs, offline MiniLM, crash-resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import lake_snapshot
+from tnb import cli
+from tnb.errors import CorpusError, LakeError, ModelError
+from tnb.extract import ensure_token_stream, extract_activations
+from tnb.lake import Lake, partition_key
+from tnb.models import load_tokenizer, resolve_model
+
+N_TOKENS, SEQ_LEN = 300, 64  # 4 full sequences and a short one of 44
+
+
+def _extract(lake: Lake, model: str, sites=("resid", "mlp"), layers=None, corpus=None, **kwargs):
+    spec = resolve_model(model)
+    tokenizer_name, tokenizer = load_tokenizer(spec)
+    stream = ensure_token_stream(lake, corpus, tokenizer_name, tokenizer, kwargs.pop("max_tokens", N_TOKENS),
+                                 kwargs.pop("seq_len", SEQ_LEN))
+    return extract_activations(lake, spec, stream, sites, layers, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="class")
+def gpt2_lake(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, object]:
+    lake = Lake(tmp_path_factory.mktemp("lake"))
+    result = _extract(lake, str(tiny_gpt2_dir), batch_size=3)
+    return lake, result
+
+
+class TestGPT2Parity:
+    def test_partitions_and_stream(self, gpt2_lake, tiny_gpt2_dir: Path) -> None:
+        lake, result = gpt2_lake
+        assert result.model == "tiny-gpt2" and result.stream == f"enwiki_sample.gpt2.{N_TOKENS}x{SEQ_LEN}"
+        assert len(result.written) == 3 + 2 and result.skipped == ()
+        models = lake.scan("models").collect()
+        assert models["stream"].to_list() == [result.stream] and models["n_layers"].to_list() == [2]
+
+    def test_resid_and_mlp_match_model_outputs(self, gpt2_lake, tiny_gpt2_dir: Path) -> None:
+        from transformers import GPT2Model
+
+        lake, result = gpt2_lake
+        tokens = lake.read(partition_key("tokens", stream=result.stream))
+        token_ids, seq_ids = tokens["token_id"].to_numpy(), tokens["seq_id"].to_numpy()
+        model = GPT2Model.from_pretrained(tiny_gpt2_dir).eval()
+        mlp_out: dict[int, list] = {1: [], 2: []}
+        # an independent capture point: the activation module's output, one sequence at a time
+        handles = [
+            model.h[i].mlp.act.register_forward_hook(lambda m, a, out, i=i: mlp_out[i + 1].append(out[0]))
+            for i in range(2)
+        ]
+        hidden: dict[int, list] = {0: [], 1: [], 2: []}
+        with torch.no_grad():
+            for seq in np.unique(seq_ids):
+                ids = torch.tensor(token_ids[seq_ids == seq][None].astype(np.int64))
+                states = model(ids, output_hidden_states=True).hidden_states
+                for layer in hidden:
+                    hidden[layer].append(states[layer][0])
+        for handle in handles:
+            handle.remove()
+        for layer in (0, 1, 2):
+            ours = lake.read_layer("tiny-gpt2", "resid", layer)
+            theirs = torch.cat(hidden[layer]).numpy()
+            assert ours.shape == (N_TOKENS, 32)
+            np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3)
+        for layer in (1, 2):
+            ours = lake.read_layer("tiny-gpt2", "mlp", layer)
+            theirs = torch.cat(mlp_out[layer]).numpy()
+            assert ours.shape == (N_TOKENS, 128)
+            np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3)
+
+    def test_rerun_skips_everything(self, gpt2_lake, tiny_gpt2_dir: Path) -> None:
+        lake, _ = gpt2_lake
+        before = lake_snapshot(lake.root)
+        again = _extract(lake, str(tiny_gpt2_dir), batch_size=3)
+        assert again.written == () and len(again.skipped) == 5
+        assert lake_snapshot(lake.root) == before
+
+    def test_file_layout_and_encoding(self, gpt2_lake) -> None:
+        lake, _ = gpt2_lake
+        path = lake.root / "activations" / "model=tiny-gpt2" / "site=mlp" / "layer=2" / "part-0.parquet"
+        metadata = pq.read_metadata(path)
+        column = metadata.row_group(0).column(1)
+        assert column.compression == "ZSTD"
+        assert not any("DICTIONARY" in enc for enc in column.encodings if enc != "RLE")
+        assert pq.read_schema(path).field("act").type == pa.list_(pa.float16(), 128)
+
+
+def test_float32_option_and_layer_subset(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    result = _extract(lake, str(tiny_gpt2_dir), sites=("resid",), layers=[2], dtype="float32")
+    assert result.written == ("activations/model=tiny-gpt2/site=resid/layer=2",)
+    assert pq.read_schema(lake.path(partition_key("activations", model="tiny-gpt2", site="resid", layer=2))).field(
+        "act"
+    ).type == pa.list_(pa.float32(), 32)
+
+
+def test_minilm_offline(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    result = _extract(lake, "minilm", sites=("resid", "mlp"), layers=[6], max_tokens=256, seq_len=128)
+    assert result.stream == "enwiki_sample.minilm.256x128" and result.n_layers == 6
+    assert lake.read_layer("minilm", "resid", 6).shape == (256, 384)
+    mlp = lake.read_layer("minilm", "mlp", 6)
+    assert mlp.shape == (256, 1536) and np.isfinite(mlp).all() and mlp.std() > 0
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from tnb.extract import ensure_token_stream, extract_activations
+    from tnb.lake import Lake
+    from tnb.models import load_tokenizer, resolve_model
+    lake = Lake(sys.argv[1]); spec = resolve_model(sys.argv[2])
+    name, tok = load_tokenizer(spec)
+    stream = ensure_token_stream(lake, None, name, tok, 2048, 64)
+    extract_activations(lake, spec, stream, ("resid", "mlp"), None, batch_size=1, progress=False)
+    """
+)
+
+
+def _manifest_checksums(root: Path) -> dict[str, str]:
+    return {
+        p.parent.relative_to(root).as_posix(): json.loads(p.read_text())["sha256"]
+        for p in sorted(root.rglob("_manifest.json"))
+    }
+
+
+def test_kill_9_mid_extraction_then_rerun_matches_clean_run(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir)])
+    deadline = time.time() + 120
+    staged = crashed / "_staging"
+    while time.time() < deadline and not (staged.exists() and any(staged.glob("*.parquet"))):
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it write a few row groups
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not list((crashed / "activations").rglob("*.parquet")) if (crashed / "activations").exists() else True
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir)], check=True)
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(clean), str(tiny_gpt2_dir)], check=True)
+    assert _manifest_checksums(crashed) == _manifest_checksums(clean)
+    assert len(_manifest_checksums(clean)) == 1 + 1 + 3 + 2  # tokens, models, 3 resid, 2 mlp
+    assert list(staged.iterdir()) == []
+    assert Lake(crashed).read_layer("tiny-gpt2", "resid", 2).shape == (2048, 32)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.fixture()
+def populated_lake(tiny_gpt2_dir: Path, tmp_path: Path) -> Lake:
+    lake = Lake(tmp_path / "lake")
+    _extract(lake, str(tiny_gpt2_dir), sites=("resid",), layers=[0])
+    return lake
+
+
+def _corpus_file(tmp_path: Path, texts: list[str]) -> str:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "match"),
+    [
+        ("empty corpus", CorpusError, "empty"),
+        ("fewer tokens than one sequence", CorpusError, r"fewer tokens than one sequence|only \d+ tokens"),
+        ("unknown model", ModelError, "unknown model 'no-such-model'"),
+        ("layer out of range", ModelError, r"layer 7 is out of range for model 'tiny-gpt2' site 'resid' \(valid: 0..2\)"),
+        ("unsupported site", ModelError, "site should be one of"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_lake_unchanged(
+    case: str, error: type, match: str, populated_lake: Lake, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    before = lake_snapshot(populated_lake.root)
+    with pytest.raises(error, match=match):
+        if case == "empty corpus":
+            _extract(populated_lake, str(tiny_gpt2_dir), corpus=_corpus_file(tmp_path, ["", "  "]))
+        elif case == "fewer tokens than one sequence":
+            _extract(populated_lake, str(tiny_gpt2_dir), corpus=_corpus_file(tmp_path, ["Hello world."]))
+        elif case == "unknown model":
+            _extract(populated_lake, "no-such-model")
+        elif case == "layer out of range":
+            _extract(populated_lake, str(tiny_gpt2_dir), layers=[7])
+        else:
+            _extract(populated_lake, str(tiny_gpt2_dir), sites=("attn",))
+    assert lake_snapshot(populated_lake.root) == before
+
+
+def test_foreign_and_corrupt_files_stop_extraction(populated_lake: Lake, tiny_gpt2_dir: Path) -> None:
+    key = partition_key("activations", model="tiny-gpt2", site="resid", layer=0)
+    foreign = populated_lake.partition_dir(key) / "stray.csv"
+    foreign.write_text("a,b\n")
+    before = lake_snapshot(populated_lake.root)
+    with pytest.raises(LakeError, match="foreign file in lake partition .*stray.csv"):
+        _extract(populated_lake, str(tiny_gpt2_dir), sites=("resid",), layers=[0], overwrite=True)
+    assert lake_snapshot(populated_lake.root) == before
+    foreign.unlink()
+    path = populated_lake.path(key)
+    path.write_bytes(b"not parquet" + path.read_bytes()[11:])
+    with pytest.raises(LakeError, match="corrupt file in lake"):
+        populated_lake.verify(key)
+
+
+def test_hub_model_unreachable_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(ModelError, match=r"model 'gpt2-xl' .* is neither in the local Hugging Face cache nor reachable"):
+        _extract(Lake(tmp_path / "lake"), "gpt2-xl")
+
+
+def test_cli_prints_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = cli.main(["extract", "--lake", str(tmp_path / "lake"), "--model", "no-such-model"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("tnb: error: unknown model 'no-such-model'") and "\n" not in err

@@ -1,0 +1,158 @@
+"""Token stream: one fixed sequence of token positions per (corpus, tokenizer).
+
+Documents are tokenized in corpus order without special tokens and joined with the
+tokenizer's document separator between consecutive documents: ``eos_token`` when the
+tokenizer has one (GPT-2: ``<|endoftext|>`` = 50256), else ``sep_token`` (BERT-like:
+``[SEP]`` = 102). A separator belongs to the document it ends (its ``doc_id``). The
+stream is cut to exactly ``max_tokens`` positions and split into consecutive sequences
+of ``seq_len`` positions; when ``seq_len`` does not divide ``max_tokens`` the last
+sequence is shorter (20,000 = 156 x 128 + 32). Only as many documents are tokenized as
+the stream needs.
+
+Each position keeps its token as readable text (``" the"``, not ``"Ġthe"``): what
+``tokenizer.decode([token_id])`` gives. A byte-level BPE token that is part of one
+multi-byte character decodes to ``"\\ufffd"``; WordPiece continuations keep their ``##``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from tnb.corpus import Document
+from tnb.errors import CorpusError
+from tnb.lake import sanitize_value
+from tnb.schemas import TOKENS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_MAX_TOKENS = 20_000  # token positions in the study's stream
+DEFAULT_SEQ_LEN = 128  # positions per sequence fed to a model
+
+
+def gpt2_tokenizer_dir() -> Path:
+    """Directory of the bundled GPT-2 tokenizer files (``vocab.json``, ``merges.txt``)."""
+    return Path(str(resources.files("tnb") / "data" / "gpt2-tokenizer"))
+
+
+def gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    """The GPT-2 tokenizer (shared by every GPT-2 size), from package data, offline.
+
+    ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently ignores its files in
+    transformers 5, so the directory is loaded with ``from_pretrained``.
+    """
+    from transformers import GPT2TokenizerFast
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(gpt2_tokenizer_dir()), local_files_only=True)
+    assert len(tokenizer) == 50_257 and tokenizer.eos_token_id == 50_256, (
+        f"bundled GPT-2 tokenizer is broken: vocab {len(tokenizer)}, eos {tokenizer.eos_token_id}"
+    )
+    return tokenizer
+
+
+def document_separator(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Token id put between documents: ``eos`` if the tokenizer has one, else ``sep``."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an eos nor a sep token to separate documents.")
+
+
+def stream_id(corpus_name: str, tokenizer_name: str, max_tokens: int, seq_len: int) -> str:
+    """Partition value naming a token stream: ``"enwiki_sample.gpt2.20000x128"``."""
+    return f"{sanitize_value(corpus_name)}.{sanitize_value(tokenizer_name)}.{int(max_tokens)}x{int(seq_len)}"
+
+
+def _check_sizes(max_tokens: int, seq_len: int) -> None:
+    for name, value in (("max_tokens", max_tokens), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} should be an integer >= 1. Got {value!r} instead.")
+    if seq_len > max_tokens:
+        raise ValueError(f"seq_len should be <= max_tokens={max_tokens}. Got {seq_len} instead.")
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # verbose=False: a whole article is longer than BERT's 512 and the warning is noise here.
+    return tokenizer.encode(text, add_special_tokens=False, verbose=False)
+
+
+def _readable_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: np.ndarray) -> pa.Array:
+    """``decode([id])`` of every position, decoding each distinct id once."""
+    unique_ids, inverse = np.unique(token_ids, return_inverse=True)
+    texts = pa.array([tokenizer.decode([int(token_id)]) for token_id in unique_ids], type=pa.string())
+    return texts.take(pa.array(inverse.astype(np.int32)))
+
+
+def build_token_stream(
+    documents: Iterable[Document],
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    seq_len: int = DEFAULT_SEQ_LEN,
+) -> pa.Table:
+    """Tokenize documents in order into one stream of ``max_tokens`` positions.
+
+    Parameters
+    ----------
+    documents : iterable of Document
+        In corpus order, e.g. ``load_corpus(...)``; consumed lazily, only as far as needed.
+    tokenizer : PreTrainedTokenizerBase
+        Any Hugging Face tokenizer with an eos or a sep token.
+    max_tokens : int
+        Positions in the stream. A corpus with fewer tokens gives a shorter stream (with
+        a warning), as long as it fills at least one sequence.
+    seq_len : int
+        Positions per sequence (``seq_len <= max_tokens``); the last sequence may be shorter.
+
+    Returns
+    -------
+    pyarrow.Table with schema ``tnb.schemas.TOKENS``, ``n_tokens`` rows
+        ``pos`` (0..n_tokens-1), ``doc_id``, ``seq_id = pos // seq_len``,
+        ``seq_pos = pos % seq_len``, ``token_id``, ``token`` (readable text).
+    """
+    _check_sizes(max_tokens, seq_len)
+    separator = document_separator(tokenizer)
+    token_chunks: list[np.ndarray] = []
+    doc_chunks: list[np.ndarray] = []
+    n_tokens = 0
+    for document in documents:
+        if n_tokens >= max_tokens:
+            break
+        ids = _encode(tokenizer, document.text)
+        if not ids:
+            continue
+        if token_chunks:  # the separator ends the previous document
+            token_chunks.append(np.array([separator], dtype=np.int32))
+            doc_chunks.append(np.array([doc_chunks[-1][-1]], dtype=np.int32))
+            n_tokens += 1
+        token_chunks.append(np.asarray(ids, dtype=np.int32))
+        doc_chunks.append(np.full(len(ids), document.doc_id, dtype=np.int32))
+        n_tokens += len(ids)
+
+    if n_tokens == 0:
+        raise CorpusError("Corpus is empty: no document has any token.")
+    if n_tokens < seq_len:
+        raise CorpusError(f"Corpus has {n_tokens} tokens, fewer than one sequence of seq_len={seq_len}.")
+    if n_tokens < max_tokens:
+        warnings.warn(
+            f"Corpus has only {n_tokens} tokens, fewer than max_tokens={max_tokens}; the stream is shorter.",
+            stacklevel=2,
+        )
+    token_ids = np.concatenate(token_chunks)[:max_tokens]
+    doc_ids = np.concatenate(doc_chunks)[:max_tokens]
+    pos = np.arange(len(token_ids), dtype=np.int32)
+    columns = {
+        "pos": pa.array(pos),
+        "doc_id": pa.array(doc_ids),
+        "seq_id": pa.array(pos // np.int32(seq_len)),
+        "seq_pos": pa.array(pos % np.int32(seq_len)),
+        "token_id": pa.array(token_ids),
+        "token": _readable_tokens(tokenizer, token_ids),
+    }
+    return pa.Table.from_pydict(columns, schema=TOKENS)

@@ -1,6 +1,6 @@
 -- Top neurons of each neuron cluster: the neurons that most set one token cluster apart.
 -- For each neuron, effect = (mean activation over a token cluster - mean over all clustered
--- tokens) / sd over all clustered tokens, taken at the token cluster where |effect| is
+-- tokens) / population sd over all clustered tokens, taken at the token cluster where |effect| is
 -- largest (best_token_cluster). Neurons are ranked by |effect| within their neuron cluster;
 -- ties by lower neuron index. Reads activation_cells: params model, site, layer are required.
 -- params: model, site, layer; method (NULL = all); drop_first (default 0; NULL = all);
@@ -37,7 +37,9 @@ cells AS (
     JOIN token_labels AS t ON a.pos = t.pos
 ),
 overall AS (
-    SELECT method, drop_first, neuron, AVG(value) AS mean_all, STDDEV(value) AS sd_all
+    -- population sd from sums (exact, so the same in every run, when values are short binary fractions)
+    SELECT method, drop_first, neuron, AVG(value) AS mean_all,
+        SQRT(GREATEST(AVG(value * value) - AVG(value) * AVG(value), 0.0)) AS sd_all
     FROM cells
     GROUP BY method, drop_first, neuron
 ),

@@ -1,0 +1,138 @@
+"""Golden tests for every query in sql/, on the planted fixture lake (tests/fixtures/analysis_lake.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tests.fixtures.analysis_lake import GOLDEN_DIR, GOLDEN_QUERIES, N_SEQUENCES, build_fixture_lake
+from tnb.query import QueryError, list_queries, resolve_sql, run_query, sql_dir, tables
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory):
+    return build_fixture_lake(tmp_path_factory.mktemp("analysis") / "lake")
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN_QUERIES))
+def test_query_matches_golden(lake, golden: str) -> None:
+    query, params = GOLDEN_QUERIES[golden]
+    expected = pl.read_parquet(GOLDEN_DIR / f"{golden}.parquet")
+    assert_frame_equal(run_query(lake, query, params), expected, check_exact=True)
+
+
+def test_every_sql_file_has_a_golden() -> None:
+    covered = {query for query, _ in GOLDEN_QUERIES.values()}
+    assert set(list_queries()) <= covered, f"queries without a golden: {set(list_queries()) - covered}"
+    assert {"emergence_curves", "top_tokens", "grid_surface", "cluster_spread", "block_means", "top_neurons"} <= covered
+
+
+def test_top_tokens_rank_by_lift_not_count(lake) -> None:
+    top = run_query(lake, "top_tokens", {"model": "small", "layer": 1, "top_n": 50, "min_count": 1})
+    politics = top.filter(pl.col("token_cluster") == 0)  # planted: cluster 0 = politics at small/1
+    assert set(politics["token"].head(4)) == {" senate", " vote", " party", " bill"}
+    by_count = politics.sort("count", descending=True)
+    assert by_count["token"][0] == " the"  # counting alone would head the cluster with " the"
+    assert politics.filter(pl.col("token") == " the")["lift"][0] < 1.5
+    # every clustered position is counted once, through models.stream (not stream fx2)
+    sizes = top.group_by("token_cluster").agg(pl.col("count").sum(), pl.col("cluster_size").first())
+    assert (sizes["count"] == sizes["cluster_size"]).all()
+    assert sizes["cluster_size"].sum() == 192
+
+
+def test_top_tokens_tie_breaks_are_deterministic(lake) -> None:
+    top = run_query(lake, "top_tokens", {"model": "small", "layer": 1, "top_n": 4})
+    starters = top.filter(pl.col("token_cluster") == 3)  # P: four starters, 3 each, equal lift
+    assert starters["token_id"].to_list() == sorted(starters["token_id"].to_list())
+    assert starters["rank"].to_list() == [1, 2, 3, 4]
+
+
+def test_drop_first_labels_cover_only_kept_positions(lake) -> None:
+    kept = run_query(lake, "top_tokens", {"model": "small", "layer": 1, "drop_first": 1, "top_n": 50, "min_count": 1})
+    assert not set(kept["token"]) & {" In", " The", " A", " It"}
+    assert kept.group_by("token_cluster").agg(pl.col("count").sum())["count"].sum() == 192 - N_SEQUENCES
+    both = run_query(lake, "emergence_curves", {"model": "small", "drop_first": None})
+    assert sorted(set(both["drop_first"])) == [0, 1]
+    default = run_query(lake, "emergence_curves", {"model": "small"})
+    assert set(default["drop_first"]) == {0}
+
+
+def test_position_artifacts_are_flagged(lake) -> None:
+    spread = run_query(lake, "cluster_spread", {"drop_first": None})
+    flagged = spread.filter(pl.col("position_artifact"))
+    # exactly one planted artifact (P = seq_pos 0) in every drop_first=0 layer of both models
+    assert flagged.height == 3 + 5
+    assert (flagged["drop_first"] == 0).all()
+    assert (flagged["top_seq_pos"] == 0).all() and (flagged["n_tokens"] == N_SEQUENCES).all()
+    assert spread.filter(~pl.col("position_artifact"))["top_seq_pos_share"].max() < 0.5
+
+
+def test_emergence_depth_shares_an_axis(lake) -> None:
+    curves = run_query(lake, "emergence_curves")
+    last = curves.group_by("model").agg(pl.col("depth").max(), pl.col("layer").max()).sort("model")
+    assert last["depth"].to_list() == [1.0, 1.0] and last["layer"].to_list() == [4, 2]
+
+
+def test_block_means_recover_planted_blocks(lake) -> None:
+    blocks = run_query(lake, "block_means", {"model": "small", "site": "resid", "layer": 1})
+    means = {(row["token_cluster"], row["neuron_cluster"]): row["mean"] for row in blocks.iter_rows(named=True)}
+    assert means[(0, 0)] == 2.0 and means[(0, 1)] == 0.0  # politics -> neurons 0-3
+    assert means[(1, 1)] == 2.0 and means[(1, 0)] == 0.0  # climate -> neurons 4-7
+    assert min(means[(3, 0)], means[(3, 1)]) > 7.9  # first positions: outliers
+
+
+def test_parameters_are_bound_as_data(lake) -> None:
+    hostile = "small' OR '1'='1"
+    assert run_query(lake, "grid_surface", {"model": hostile}).height == 0
+    assert run_query(lake, "grid_surface", {"model": "small"}).height > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"modle": "small"}, r"unknown query parameter\(s\) \['modle'\]"),
+        ({"layer": "three"}, "parameter layer should be int. Got 'three' instead"),
+    ],
+)
+def test_bad_parameters_are_named(lake, params, match) -> None:
+    with pytest.raises(QueryError, match=match):
+        run_query(lake, "grid_surface", params)
+
+
+def test_activation_queries_need_a_layer(lake) -> None:
+    with pytest.raises(QueryError, match="give --param for site, layer"):
+        run_query(lake, "block_means", {"model": "small"})
+
+
+def test_resolve_names_paths_and_inline(tmp_path: Path) -> None:
+    assert resolve_sql("top_tokens")[0] == resolve_sql("top_tokens.sql")[0] == "top_tokens"
+    assert resolve_sql(str(sql_dir() / "grid_surface.sql"))[0] == "grid_surface"
+    assert resolve_sql("SELECT 1 AS one") == ("inline", "SELECT 1 AS one")
+    with pytest.raises(QueryError, match="no query 'nonesuch'"):
+        resolve_sql("nonesuch")
+
+
+def test_tables_are_lazy_frames(lake) -> None:
+    frames = tables(lake)
+    assert set(frames) >= {"tokens", "models", "labels", "metrics"}
+    assert all(isinstance(frame, pl.LazyFrame) for frame in frames.values())
+    assert frames["tokens"].filter(pl.col("stream") == "fx").select(pl.len()).collect().item() == 192
+
+
+def test_cli_query_table_csv_parquet(lake, tmp_path: Path, capsys) -> None:
+    from tnb.analysis_cli import main
+
+    assert main(["query", "--lake", str(lake.root), "top_tokens", "-p", "model=small", "-p", "layer=1", "--format", "csv"]) == 0
+    csv = capsys.readouterr().out
+    assert csv.splitlines()[0].startswith("model,site,layer,method,drop_first")
+    out = tmp_path / "q.parquet"
+    assert main(["query", "--lake", str(lake.root), "SELECT model, n_layers FROM models ORDER BY model",
+                 "--format", "parquet", "--out", str(out)]) == 0
+    assert pl.read_parquet(out)["model"].to_list() == ["large", "other", "small"]
+    assert main(["query", "--lake", str(lake.root), "emergence_curves"]) == 0
+    assert "small" in capsys.readouterr().out
+    assert main(["query", "--lake", str(lake.root), "SELECT * FROM nowhere"]) == 2
+    assert "query inline failed" in capsys.readouterr().err

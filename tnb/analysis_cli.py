@@ -1,0 +1,84 @@
+"""``tnb query`` and ``tnb report``: the analysis subcommands (registered by ``tnb.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tnb.query import PARAMS, parse_param, run_query, write_result
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    params = dict(parse_param(text) for text in args.param or [])
+    frame = run_query(args.lake, args.query, params)
+    text = write_result(frame, args.format, args.out)
+    if text is not None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        print(f"{frame.height} rows -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tnb.report import write_report
+
+    result = write_report(
+        args.lake,
+        args.out,
+        site=args.report_site,
+        method=args.method,
+        drop_first=args.drop_first,
+        top_n=args.top_n,
+    )
+    print(f"report: {result.html}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``query`` and ``report`` to the ``tnb`` command's subparsers."""
+    query = subparsers.add_parser(
+        "query",
+        help="run a query from sql/ (or a .sql file, or an inline SELECT) against a lake",
+        description=(
+            "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of "
+            "--param values) and activation_cells (one layer, long form; needs model, site, layer). "
+            f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter."
+        ),
+    )
+    query.add_argument("--lake", type=Path, required=True, help="lake root directory")
+    query.add_argument("query", help="a name in sql/ (top_tokens), a .sql file, or a quoted SELECT statement")
+    query.add_argument("--format", choices=("table", "csv", "parquet"), default="table", help="output format")
+    query.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
+    query.add_argument(
+        "--param", "-p", action="append", metavar="NAME=VALUE", help="bind a parameter (repeatable): model=gpt2"
+    )
+    query.set_defaults(func=_cmd_query)
+
+    report = subparsers.add_parser("report", help="write the HTML and Markdown report of a lake")
+    report.add_argument("--lake", type=Path, required=True, help="lake root directory")
+    report.add_argument("--out", type=Path, required=True, help="output directory (index.html, report.md, figures)")
+    report.add_argument("--site", dest="report_site", default=None, help="only this site (default: all)")
+    report.add_argument("--method", default=None, help="only this method (default: all)")
+    report.add_argument("--drop-first", type=int, default=0, help="the drop_first partition to describe (default 0)")
+    report.add_argument("--top-n", type=int, default=8, help="top tokens shown per cluster")
+    report.set_defaults(func=_cmd_report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``query``/``report`` without the rest of the CLI (``python -m tnb.analysis_cli``)."""
+    from tnb.errors import TnbError
+
+    parser = argparse.ArgumentParser(prog="tnb")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TnbError as error:
+        print(f"tnb: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

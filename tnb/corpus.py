@@ -121,6 +121,9 @@ def _datasets_rows(
     try:
         if path.exists():
             builder, data_files = _local_data_files(path)
+            if builder == "parquet" and all(pq.ParquetFile(file).metadata.num_rows == 0 for file in data_files):
+                # datasets fails on a Parquet file without rows ("BatchSize must be greater than 0")
+                return pq.ParquetFile(data_files[0]).schema_arrow.names, iter(())
             options: dict[str, Any] = {"sample_by": txt_sample_by} if builder == "text" else {}
             dataset = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **options)
         else:

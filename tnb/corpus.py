@@ -132,7 +132,8 @@ def _datasets_rows(
     except CorpusError:
         raise
     except Exception as error:  # datasets raises many kinds; the user needs one line
-        raise CorpusError(f"Cannot load corpus {_describe(source, hub_config)}: {_one_line(error)}") from error
+        hint = "" if path.exists() else " (a hub dataset needs the network or the HF cache; or pass a local file)"
+        raise CorpusError(f"Cannot load corpus {_describe(source, hub_config)}: {_one_line(error)}{hint}") from error
 
 
 def _describe(source: str, hub_config: str | None) -> str:

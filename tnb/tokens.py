@@ -122,8 +122,6 @@ def build_token_stream(
     doc_chunks: list[np.ndarray] = []
     n_tokens = 0
     for document in documents:
-        if n_tokens >= max_tokens:
-            break
         ids = _encode(tokenizer, document.text)
         if not ids:
             continue
@@ -134,6 +132,8 @@ def build_token_stream(
         token_chunks.append(np.asarray(ids, dtype=np.int32))
         doc_chunks.append(np.full(len(ids), document.doc_id, dtype=np.int32))
         n_tokens += len(ids)
+        if n_tokens >= max_tokens:  # stop before pulling (and tokenizing) another document
+            break
 
     if n_tokens == 0:
         raise CorpusError("Corpus is empty: no document has any token.")

@@ -1,0 +1,306 @@
+"""The study's figures, each from one function a test calls (matplotlib, Agg; PNG and SVG).
+
+Every ``*_figure`` function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure`
+writes it as ``<base>.png`` and ``<base>.svg`` and closes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from tnb.families import Families  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def save_figure(fig: Figure, base: str | os.PathLike[str], dpi: int = 120) -> list[Path]:
+    """Write ``fig`` as ``base.png`` and ``base.svg`` (directories created) and close it."""
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = base.with_name(f"{base.name}.{fmt}")
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _series_name(row: dict, varying: list[str]) -> str:
+    parts = [str(row["model"])]
+    parts += [f"{name}={row[name]}" for name in varying]
+    return " ".join(parts)
+
+
+def emergence_figure(curves: pl.DataFrame, show_z: bool = True) -> Figure:
+    """The study's two panels: R^2 (and Z, dashed, right axis) per depth; mean specialization.
+
+    Parameters
+    ----------
+    curves : DataFrame
+        Rows of ``sql/emergence_curves.sql``: ``model, site, method, drop_first, depth, r2,
+        z, spec_mean``. One line per model (and per site/method/drop_first when they vary).
+    """
+    if curves.is_empty():
+        raise ValueError("curves is empty: no selected grid points in the metrics table")
+    varying = [name for name in ("site", "method", "drop_first") if curves[name].n_unique() > 1]
+    fig, (ax_r2, ax_spec) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    ax_z = ax_r2.twinx() if show_z else None
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = ["model", *varying]
+    for index, (_, part) in enumerate(curves.sort([*keys, "depth"]).group_by(keys, maintain_order=True)):
+        part = part.sort("depth")
+        name = _series_name(part.row(0, named=True), varying)
+        color = colors[index % len(colors)]
+        ax_r2.plot(part["depth"], part["r2"], marker="o", ms=3, color=color, label=name)
+        if ax_z is not None:
+            ax_z.plot(part["depth"], part["z"], ls="--", lw=1, color=color, alpha=0.7, label=f"{name} Z")
+        ax_spec.plot(part["depth"], part["spec_mean"], marker="o", ms=3, color=color, label=name)
+    ax_r2.set(xlabel="depth (layer / n_layers)", ylabel="block-mean R²", title="Bicluster fit per layer")
+    if ax_z is not None:
+        ax_z.set_ylabel("permutation Z (dashed)")
+    ax_spec.set(xlabel="depth (layer / n_layers)", ylabel="mean specialization", title="Specialization per layer")
+    ax_r2.legend(fontsize=8, loc="upper left")
+    for axis in (ax_r2, ax_spec):
+        axis.set_xlim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    return fig
+
+
+@dataclass(frozen=True)
+class MapImage:
+    """What a bicluster map draws: the block-averaged image and where cluster boundaries are.
+
+    Attributes
+    ----------
+    image : ndarray of shape (n_row_bins, n_col_bins)
+        Mean of the (standardized) activations in each bin of sorted rows and columns.
+    row_boundaries, col_boundaries : ndarray of int
+        Bin index where each cluster after the first starts.
+    row_clusters, col_clusters : ndarray of int
+        Cluster label of each bin.
+    """
+
+    image: np.ndarray
+    row_boundaries: np.ndarray
+    col_boundaries: np.ndarray
+    row_clusters: np.ndarray
+    col_clusters: np.ndarray
+
+
+def _bins(labels: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort items by cluster and cut each cluster into bins of consecutive items.
+
+    Each cluster gets bins in proportion to its size (at least one), so no bin straddles a
+    boundary. Returns the sort order, each bin's start offset into it, and each bin's cluster.
+    """
+    order = np.argsort(labels, kind="stable")
+    clusters, sizes = np.unique(labels, return_counts=True)
+    scale = min(1.0, max_bins / labels.size)
+    n_bins = np.maximum(1, np.floor(sizes * scale)).astype(int)
+    starts, bin_cluster = [], []
+    offset = 0
+    for cluster, size, count in zip(clusters, sizes, n_bins, strict=True):
+        edges = offset + np.linspace(0, size, count + 1).astype(int)[:-1]
+        starts.append(edges)
+        bin_cluster.append(np.full(count, cluster))
+        offset += size
+    return order, np.concatenate(starts), np.concatenate(bin_cluster)
+
+
+def block_average_map(
+    matrix: np.ndarray,
+    row_labels: np.ndarray,
+    col_labels: np.ndarray,
+    max_rows: int = 600,
+    max_cols: int = 400,
+    standardize: bool = True,
+) -> MapImage:
+    """Sort rows and columns by cluster and average them in bins that respect cluster boundaries.
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,)
+    col_labels : ndarray of shape (n_neurons,)
+    max_rows, max_cols : int
+        At most about this many bins per axis (every cluster keeps at least one).
+    standardize : bool
+        z-score each neuron first, so neurons with large offsets do not wash out the rest.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    row_labels, col_labels = np.asarray(row_labels), np.asarray(col_labels)
+    if matrix.shape != (row_labels.size, col_labels.size):
+        raise ValueError(
+            f"matrix of shape {matrix.shape} does not match {row_labels.size} row labels and {col_labels.size} column labels"
+        )
+    if standardize:
+        sd = matrix.std(axis=0)
+        matrix = (matrix - matrix.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    row_order, row_starts, row_clusters = _bins(row_labels, max_rows)
+    col_order, col_starts, col_clusters = _bins(col_labels, max_cols)
+    row_counts = np.diff(np.append(row_starts, row_labels.size))
+    col_counts = np.diff(np.append(col_starts, col_labels.size))
+    summed = np.add.reduceat(matrix[row_order], row_starts, axis=0)
+    summed = np.add.reduceat(summed[:, col_order], col_starts, axis=1)
+    image = summed / np.outer(row_counts, col_counts)
+    return MapImage(
+        image=image,
+        row_boundaries=np.flatnonzero(np.diff(row_clusters)) + 1,
+        col_boundaries=np.flatnonzero(np.diff(col_clusters)) + 1,
+        row_clusters=row_clusters,
+        col_clusters=col_clusters,
+    )
+
+
+def bicluster_map_figure(
+    matrix: np.ndarray,
+    row_labels: np.ndarray,
+    col_labels: np.ndarray,
+    title: str = "",
+    max_rows: int = 600,
+    max_cols: int = 400,
+    flagged_rows: frozenset[int] = frozenset(),
+) -> tuple[Figure, MapImage]:
+    """Activations with rows (tokens) and columns (neurons) sorted by cluster, boundaries drawn.
+
+    Readable at 20,000 rows: rows are block-averaged within clusters (:func:`block_average_map`)
+    rather than drawn one pixel each; the colour scale is clipped at the 99th percentile of
+    |z| so that outlier clusters (first positions) do not flatten the rest.
+    ``flagged_rows`` names token clusters to mark (position artifacts) in the margin.
+    """
+    drawn = block_average_map(matrix, row_labels, col_labels, max_rows, max_cols)
+    limit = float(np.percentile(np.abs(drawn.image), 99)) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 7), constrained_layout=True)
+    shown = ax.imshow(drawn.image, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    for boundary in drawn.row_boundaries:
+        ax.axhline(boundary - 0.5, color="black", lw=0.8)
+    for boundary in drawn.col_boundaries:
+        ax.axvline(boundary - 0.5, color="black", lw=0.8)
+    row_ticks = _cluster_centres(drawn.row_clusters)
+    col_ticks = _cluster_centres(drawn.col_clusters)
+    ax.set_yticks([centre for centre, _ in row_ticks])
+    ax.set_yticklabels(
+        [f"{cluster}{' (position)' if cluster in flagged_rows else ''}" for _, cluster in row_ticks], fontsize=7
+    )
+    ax.set_xticks([centre for centre, _ in col_ticks])
+    ax.set_xticklabels([str(cluster) for _, cluster in col_ticks], fontsize=7)
+    ax.set(
+        xlabel=f"neuron cluster ({len(col_labels)} neurons)",
+        ylabel=f"token cluster ({len(row_labels)} tokens)",
+        title=title or "Bicluster map",
+    )
+    fig.colorbar(shown, ax=ax, label="activation (z-scored per neuron, bin mean)")
+    return fig, drawn
+
+
+def _cluster_centres(bin_clusters: np.ndarray) -> list[tuple[float, int]]:
+    clusters, first = np.unique(bin_clusters, return_index=True)
+    counts = np.unique(bin_clusters, return_counts=True)[1]
+    return [(start + count / 2 - 0.5, int(cluster)) for cluster, start, count in zip(clusters, first, counts, strict=True)]
+
+
+def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
+    """Heatmaps of R^2 and Z over the (row_k, col_k) grid of one layer; the selected point boxed.
+
+    Parameters
+    ----------
+    grid : DataFrame
+        Rows of ``sql/grid_surface.sql`` for one model/site/layer/method/drop_first.
+    """
+    if grid.is_empty():
+        raise ValueError("grid is empty: no metrics for this layer")
+    row_ks = sorted(grid["row_k"].unique().to_list())
+    col_ks = sorted(grid["col_k"].unique().to_list())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, column, label in zip(axes, ("r2", "z"), ("R²", "Z"), strict=True):
+        values = np.full((len(row_ks), len(col_ks)), np.nan)
+        for row in grid.iter_rows(named=True):
+            values[row_ks.index(row["row_k"]), col_ks.index(row["col_k"])] = row[column]
+        shown = ax.imshow(values, origin="lower", cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8, color="white")
+        for row in grid.filter(pl.col("selected")).iter_rows(named=True):
+            i, j = row_ks.index(row["row_k"]), col_ks.index(row["col_k"])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_xticks(range(len(col_ks)), [str(k) for k in col_ks])
+        ax.set_yticks(range(len(row_ks)), [str(k) for k in row_ks])
+        ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=f"{label} {title}".strip())
+        fig.colorbar(shown, ax=ax, label=label)
+    return fig
+
+
+def null_figure(null_sample: np.ndarray, observed: float, statistic: str = "R²", title: str = "") -> Figure:
+    """Histogram of a permutation null with the observed statistic marked (and its Z)."""
+    null_sample = np.asarray(null_sample, dtype=np.float64)
+    if null_sample.size < 2:
+        raise ValueError(f"null_sample should hold at least 2 values. Got {null_sample.size} instead.")
+    sd = null_sample.std(ddof=1)
+    z = (observed - null_sample.mean()) / sd if sd > 0 else float("inf")
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    ax.hist(null_sample, bins=min(50, max(10, null_sample.size // 10)), color="0.6", label=f"null ({null_sample.size} permutations)")
+    ax.axvline(observed, color="red", lw=2, label=f"observed {observed:.4g} (Z = {z:.1f})")
+    ax.set(xlabel=statistic, ylabel="permutations", title=title or f"Permutation null of {statistic}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
+    """A flow of token clusters across layers: one panel per model, one colour per family.
+
+    Each layer is a column of boxes (clusters, height by size, grouped by family); links to the
+    next layer are drawn with width by Jaccard. Labels on the right name each family.
+    """
+    clusters = families.clusters
+    if clusters.is_empty():
+        raise ValueError("no clusters to draw")
+    models = sorted(clusters["model"].unique().to_list())
+    order = {name: index for index, name in enumerate(families.families["family"].to_list())}
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(len(models), 1, figsize=(11, 3.2 * len(models)), constrained_layout=True, squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        part = clusters.filter(pl.col("model") == model)
+        boxes: dict[tuple[int, int], tuple[float, float]] = {}
+        for layer in sorted(part["layer"].unique().to_list()):
+            column = part.filter(pl.col("layer") == layer).with_columns(
+                rank=pl.col("family").replace_strict(order, return_dtype=pl.Int64)
+            ).sort("rank", "token_cluster")
+            total = column["size"].sum()
+            bottom = 0.0
+            for row in column.iter_rows(named=True):
+                height = row["size"] / total * 0.95
+                ax.add_patch(
+                    Rectangle((layer - 0.15, bottom), 0.3, height, color=cmap(order[row["family"]] % 20), ec="white", lw=0.5)
+                )
+                boxes[(layer, row["token_cluster"])] = (bottom + height / 2, height)
+                bottom += height + 0.05 / max(1, column.height)
+        links = families.edges.filter((pl.col("kind") == "layer") & (pl.col("model") == model))
+        for row in links.iter_rows(named=True):
+            start, end = boxes[(row["layer"], row["token_cluster"])], boxes[(row["to_layer"], row["to_token_cluster"])]
+            ax.plot([row["layer"] + 0.15, row["to_layer"] - 0.15], [start[0], end[0]], color="0.4", alpha=0.6, lw=0.5 + 4 * row["jaccard"])
+        last = part["layer"].max()
+        for row in families.families.filter(pl.col("model") == model).iter_rows(named=True):
+            ends = part.filter((pl.col("family") == row["family"]) & (pl.col("layer") == row["last_layer"]))
+            y = float(np.mean([boxes[(row["last_layer"], c)][0] for c in ends["token_cluster"]]))
+            label = str(row.get("label") or "")[:max_label]
+            flag = " [position]" if row.get("position_artifact") else ""
+            ax.plot([last + 0.3], [y], marker="s", ms=6, color=cmap(order[row["family"]] % 20))
+            ax.text(last + 0.45, y, f"{row['family']} {row['kind']}: {label}{flag}", fontsize=7, va="center")
+        ax.set_xlim(part["layer"].min() - 0.5, last + 3.5)
+        ax.set_ylim(-0.02, 1.1)
+        ax.set_yticks([])
+        ax.set(xlabel="layer", title=f"{model}: token-cluster families across layers")
+    return fig

@@ -1,0 +1,1015 @@
+"""Spectral biclustering of a tokens x neurons matrix, in float32, with a shared-SVD grid search.
+
+Two estimators mirror scikit-learn's (same parameters, same attributes, same
+steps in the same order, see ``sklearn/cluster/_bicluster.py``):
+
+- :class:`SpectralCoclustering` (Dhillon 2001): ``B = D_r^-1/2 A D_c^-1/2``,
+  SVD, k-means on the stacked scaled singular vectors;
+- :class:`SpectralBiclustering` (Kluger 2003): bistochastic / scale / log
+  normalization, the singular vectors best fit by piecewise-constant vectors,
+  k-means on each side's projection (the study's default).
+
+They differ from scikit-learn in three deliberate ways: the data stay float32
+(scikit-learn upcasts to float64, doubling memory); an all-zero row or column
+gets a zero scaling instead of ``1/sqrt(0) = inf``, which makes scikit-learn
+fail with "Input contains NaN"; and k-means runs single-threaded, so that the
+same seed gives bit-identical labels (scikit-learn's multi-threaded Lloyd step
+adds per-thread partial sums in whatever order the threads finish).
+
+:func:`grid_search` fits every ``(row_k, col_k)`` of a grid from **one**
+normalization and **one** SVD: for Kluger's method the SVD does not depend on
+k at all (it needs ``n_components + 1`` vectors) and the piecewise fits are
+shared by every grid point with the same ``row_k`` (or ``col_k``); for
+Dhillon's, the SVD is computed for the largest k and truncated for the others.
+Given the same SVD, every step after it is scikit-learn's, so the labels are
+the same as scikit-learn's estimators (tests check adjusted Rand index 1).
+Where labels *can* differ from a stand-alone scikit-learn fit:
+
+- the randomized SVD is run in float32 here and in float64 there, so singular
+  vectors agree to ~1e-6, not bit for bit; on data with clear structure this
+  never changes a label, on structureless data k-means may break near-ties
+  differently;
+- for co-clustering, a randomized SVD asked for more components draws a
+  different random sketch, so the leading vectors of the shared SVD are not
+  those of a per-k SVD (they are slightly *more* accurate); with
+  ``svd_method="arpack"`` both converge to the same vectors.
+
+Valid k: every ``row_k`` satisfies ``2 <= row_k < n_tokens`` and every
+``col_k`` satisfies ``2 <= col_k < n_neurons`` (co-clustering has one k for
+both, so both bounds apply). k = 1 has no structure to score (R^2 = 0 by
+construction, and Dhillon's method has no singular vector to use); k equal to
+the number of rows makes every row its own cluster, so the fit is trivial and
+the permutation null is degenerate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+from scipy.sparse.linalg import eigsh, svds
+from sklearn.base import BaseEstimator, BiclusterMixin
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.utils import check_random_state
+from sklearn.utils.extmath import randomized_svd
+from threadpoolctl import threadpool_limits
+
+from tnb.metrics import (
+    STATISTICS,
+    adjusted_r2,
+    cluster_specialization,
+    permutation_test,
+    specialization_summary,
+    statistic_from_sums,
+    total_sum_of_squares,
+)
+from tnb.prepare import check_matrix
+
+__all__ = [
+    "DEFAULT_KS",
+    "METHODS",
+    "NULLS",
+    "SELECTION_RULES",
+    "BiclusterResult",
+    "SpectralBiclustering",
+    "SpectralCoclustering",
+    "grid_search",
+    "mark_selected",
+    "refit_null",
+]
+
+#: The study's grid: every (row_k, col_k) in {6, 9, 12}^2.
+DEFAULT_KS = (6, 9, 12)
+#: "biclustering" is Kluger's checkerboard method (the study's), "coclustering" Dhillon's.
+METHODS = ("biclustering", "coclustering")
+#: Normalizations of Kluger's method, as in scikit-learn.
+NORMALIZATIONS = ("bistochastic", "scale", "log")
+#: Which null a Z-score comes from.
+NULLS = ("label_shuffle", "refit")
+#: Selection rules; the default "z" does not trivially prefer the largest grid.
+SELECTION_RULES = ("z", "adjusted_r2", "r2")
+
+
+# --------------------------------------------------------------------------
+# Normalizations (float32 versions of scikit-learn's, zero rows/cols safe)
+# --------------------------------------------------------------------------
+
+
+def _make_nonnegative(X: np.ndarray, min_value: float = 0) -> np.ndarray:
+    min_ = X.min()
+    if min_ < min_value:
+        X = X + np.float32(min_value - min_)
+    return X
+
+
+def _inverse_sqrt(sums: np.ndarray) -> np.ndarray:
+    # 0 for an empty row/column, where scikit-learn gets inf and then NaN.
+    positive = sums > 0
+    return np.where(positive, 1.0 / np.sqrt(np.where(positive, sums, 1.0)), 0.0)
+
+
+def _scale_normalize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``D_r^-1/2 X D_c^-1/2`` and the two scalings (float32)."""
+    X = _make_nonnegative(X)
+    row_diag = _inverse_sqrt(X.sum(axis=1, dtype=np.float64)).astype(np.float32)
+    col_diag = _inverse_sqrt(X.sum(axis=0, dtype=np.float64)).astype(np.float32)
+    normalized = X * row_diag[:, np.newaxis]
+    normalized *= col_diag
+    return normalized, row_diag, col_diag
+
+
+def _scaling_distance(X2, a, b, alpha, beta) -> float:
+    """``||diag(a) X diag(b) - diag(a alpha) X diag(b beta)||_F`` without forming either matrix.
+
+    The entry-wise difference is ``a_i b_j X_ij (1 - alpha_i beta_j)``. Near
+    convergence ``alpha_i beta_j -> 1`` while alpha and beta themselves do
+    not (the iteration moves a constant between rows and columns), so the
+    factor is rewritten around the geometric mean ``s`` of alpha:
+    ``1 - alpha_i beta_j = -(delta_i + (1 + delta_i) eps_j)`` with
+    ``delta = alpha / s - 1`` and ``eps = beta s - 1`` both small; its square
+    expands into three nonnegative-dominated terms, each one GEMM with
+    ``X2 = X * X``. One pass over the matrix, no cancellation.
+    """
+    positive = alpha > 0
+    s = math.exp(float(np.log(alpha[positive]).mean())) if positive.any() else 1.0
+    delta = np.where(positive, alpha / s - 1.0, -1.0)
+    eps = beta * s - 1.0
+    b2 = b * b
+    weights = np.stack([b2, b2 * eps, b2 * eps * eps], axis=1).astype(np.float32)
+    y = (X2 @ weights).astype(np.float64)
+    per_row = delta**2 * y[:, 0] + 2 * delta * (1 + delta) * y[:, 1] + (1 + delta) ** 2 * y[:, 2]
+    return math.sqrt(max(float(np.dot(a * a, per_row)), 0.0))
+
+
+def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
+    """scikit-learn's repeated scale normalization, as two scaling vectors.
+
+    Iterate ``X_{t+1} = D_r^-1/2 X_t D_c^-1/2`` until ``||X_t - X_{t+1}||_F <
+    tol``, exactly as scikit-learn does, but keep ``X_t = diag(a) X diag(b)``
+    implicit: each iteration is two matrix-vector products and one thin GEMM,
+    and the scaled matrix is formed once at the end.
+    """
+    X = _make_nonnegative(X)
+    X2 = X * X
+    a = np.ones(X.shape[0])
+    b = np.ones(X.shape[1])
+    for _ in range(max_iter):
+        row_sums = a * (X @ b.astype(np.float32)).astype(np.float64)
+        col_sums = b * (a.astype(np.float32) @ X).astype(np.float64)
+        alpha = _inverse_sqrt(row_sums)
+        beta = _inverse_sqrt(col_sums)
+        dist = _scaling_distance(X2, a, b, alpha, beta)
+        a = a * alpha
+        b = b * beta
+        if dist < tol:
+            break
+    del X2
+    out = X * a.astype(np.float32)[:, np.newaxis]
+    out *= b.astype(np.float32)
+    return out
+
+
+def _log_normalize(X: np.ndarray) -> np.ndarray:
+    """Kluger's log-interactions normalization (float32)."""
+    X = _make_nonnegative(X, min_value=1)
+    L = np.log(X)
+    row_avg = L.mean(axis=1, dtype=np.float64)
+    col_avg = L.mean(axis=0, dtype=np.float64)
+    avg = float(row_avg.mean())
+    L -= row_avg.astype(np.float32)[:, np.newaxis]
+    L -= (col_avg - avg).astype(np.float32)
+    return L
+
+
+# --------------------------------------------------------------------------
+# The steps after normalization, shared by the estimators and the grid
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Estimator settings the fitting steps need (scikit-learn's names)."""
+
+    svd_method: str = "randomized"
+    n_svd_vecs: int | None = None
+    mini_batch: bool = False
+    init: object = "k-means++"
+    n_init: int = 10
+    random_state: object = None
+
+
+def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settings):
+    """First ``n_components`` singular vectors ``u, v``, less the first ``n_discard`` (scikit-learn's ``_svd``)."""
+    if settings.svd_method == "randomized":
+        kwargs = {} if settings.n_svd_vecs is None else {"n_oversamples": settings.n_svd_vecs}
+        u, _, vt = randomized_svd(array, n_components, random_state=settings.random_state, **kwargs)
+    else:
+        u, _, vt = svds(array, k=n_components, ncv=settings.n_svd_vecs)
+        if np.any(np.isnan(vt)):
+            gram = array.T @ array
+            v0 = check_random_state(settings.random_state).uniform(-1, 1, gram.shape[0])
+            _, v = eigsh(gram, ncv=settings.n_svd_vecs, v0=v0)
+            vt = v.T
+        if np.any(np.isnan(u)):
+            gram = array @ array.T
+            v0 = check_random_state(settings.random_state).uniform(-1, 1, gram.shape[0])
+            _, u = eigsh(gram, ncv=settings.n_svd_vecs, v0=v0)
+    if not (np.isfinite(u).all() and np.isfinite(vt).all()):
+        raise ValueError(
+            "The SVD of the normalized matrix is not finite. Check the input for huge values "
+            "(prepare it with tnb.prepare.abs_zscore)."
+        )
+    return u[:, n_discard:], vt[n_discard:].T
+
+
+def _k_means(data: np.ndarray, n_clusters: int, settings: _Settings) -> tuple[np.ndarray, np.ndarray]:
+    model_class = MiniBatchKMeans if settings.mini_batch else KMeans
+    model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
+    model.fit(data)
+    return model.cluster_centers_, model.labels_
+
+
+def _fit_best_piecewise(vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings) -> np.ndarray:
+    """The ``n_best`` vectors best approximated by piecewise-constant ones (k-means on each)."""
+    piecewise = np.empty_like(vectors)
+    for index, vector in enumerate(vectors):  # a handful of singular vectors, not elements
+        centroid, labels = _k_means(vector.reshape(-1, 1), n_clusters, settings)
+        piecewise[index] = centroid[labels].ravel()
+    dists = np.linalg.norm((vectors - piecewise).astype(np.float64), axis=1)
+    return vectors[np.argsort(dists)[:n_best]]
+
+
+def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
+    _, labels = _k_means(data @ vectors, n_clusters, settings)
+    return labels
+
+
+def _normalize(X: np.ndarray, normalization: str) -> np.ndarray:
+    if normalization == "bistochastic":
+        return _bistochastic_normalize(X)
+    if normalization == "scale":
+        return _scale_normalize(X)[0]
+    return _log_normalize(X)
+
+
+def _kluger_svd(X, normalization, n_components, settings):
+    n_sv = n_components if normalization == "log" else n_components + 1
+    n_discard = 0 if normalization == "log" else 1
+    u, v = _svd(_normalize(X, normalization), n_sv, n_discard, settings)
+    return u.T, v.T
+
+
+def _fit_kluger_grid(X, pairs, *, normalization, n_components, n_best, settings):
+    """Labels for every (row_k, col_k) from one normalization and one SVD.
+
+    Returns ``{(row_k, col_k): (row_labels, col_labels, seconds)}`` and the
+    seconds of the shared steps (normalization, SVD, piecewise fits).
+    """
+    start = time.perf_counter()
+    ut, vt = _kluger_svd(X, normalization, n_components, settings)
+    # The piecewise fit of the left vectors depends only on row_k, of the right ones only on col_k.
+    best_ut = {k: _fit_best_piecewise(ut, n_best, k, settings) for k in sorted({rk for rk, _ in pairs})}
+    best_vt = {k: _fit_best_piecewise(vt, n_best, k, settings) for k in sorted({ck for _, ck in pairs})}
+    shared = time.perf_counter() - start
+    fits = {}
+    for row_k, col_k in pairs:
+        start = time.perf_counter()
+        row_labels = _project_and_cluster(X, best_vt[col_k].T, row_k, settings)
+        col_labels = _project_and_cluster(X.T, best_ut[row_k].T, col_k, settings)
+        fits[(row_k, col_k)] = (row_labels, col_labels, time.perf_counter() - start)
+    return fits, shared
+
+
+def _n_sv_dhillon(k: int) -> int:
+    return 1 + int(np.ceil(np.log2(k)))
+
+
+def _fit_dhillon_grid(X, ks, *, settings):
+    """Labels for every k of co-clustering from one SVD (for the largest k, truncated for the others)."""
+    start = time.perf_counter()
+    normalized, row_diag, col_diag = _scale_normalize(X)
+    u, v = _svd(normalized, max(_n_sv_dhillon(k) for k in ks), 1, settings)
+    del normalized
+    shared = time.perf_counter() - start
+    fits = {}
+    n_rows = X.shape[0]
+    for k in ks:
+        start = time.perf_counter()
+        n_vectors = _n_sv_dhillon(k) - 1
+        z = np.vstack((row_diag[:, np.newaxis] * u[:, :n_vectors], col_diag[:, np.newaxis] * v[:, :n_vectors]))
+        _, labels = _k_means(z, k, settings)
+        fits[(k, k)] = (labels[:n_rows], labels[n_rows:], time.perf_counter() - start)
+    return fits, shared
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_k(k, name: str, n: int, n_name: str) -> int:
+    if not _is_int(k):
+        raise TypeError(f"{name} should be an int. Got {k!r} of type {type(k).__name__} instead.")
+    if k < 2:
+        raise ValueError(f"{name} should be >= 2 (a single cluster has no structure to score). Got {k} instead.")
+    if k >= n:
+        raise ValueError(f"{name} should be < {n_name}={n}. Got {k} instead.")
+    return int(k)
+
+
+def _check_n_sv(n_sv: int, shape, svd_method: str, what: str) -> None:
+    limit = min(shape)
+    if n_sv > limit or (svd_method == "arpack" and n_sv >= limit):
+        bound = f"<= {limit}" if svd_method == "randomized" else f"< {limit}"
+        raise ValueError(
+            f"{what} needs {n_sv} singular vectors, which should be {bound} = min(n_rows, n_columns) "
+            f"for svd_method={svd_method!r}. Got a matrix of shape {tuple(shape)}."
+        )
+
+
+def _check_settings(settings: _Settings) -> None:
+    if settings.svd_method not in ("randomized", "arpack"):
+        raise ValueError(f"svd_method should be 'randomized' or 'arpack'. Got {settings.svd_method!r} instead.")
+    if settings.n_svd_vecs is not None and (not _is_int(settings.n_svd_vecs) or settings.n_svd_vecs < 0):
+        raise ValueError(f"n_svd_vecs should be None or an int >= 0. Got {settings.n_svd_vecs!r} instead.")
+    if not isinstance(settings.mini_batch, (bool, np.bool_)):
+        raise ValueError(f"mini_batch should be a bool. Got {settings.mini_batch!r} instead.")
+    if not isinstance(settings.init, np.ndarray) and settings.init not in ("k-means++", "random"):
+        raise ValueError(f"init should be 'k-means++', 'random' or an ndarray. Got {settings.init!r} instead.")
+    if not _is_int(settings.n_init) or settings.n_init < 1:
+        raise ValueError(f"n_init should be an int >= 1. Got {settings.n_init!r} instead.")
+
+
+def _check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} should be one of {tuple(choices)}. Got {value!r} instead.")
+    return value
+
+
+def _check_kluger(normalization, n_components, n_best, shape, svd_method, name="normalization") -> None:
+    _check_choice(normalization, name, NORMALIZATIONS)
+    if not _is_int(n_components) or n_components < 1:
+        raise ValueError(f"n_components should be an int >= 1. Got {n_components!r} instead.")
+    if not _is_int(n_best) or n_best < 1:
+        raise ValueError(f"n_best should be an int >= 1. Got {n_best!r} instead.")
+    if n_best > n_components:
+        raise ValueError(f"n_best={n_best} must be <= n_components={n_components}.")
+    n_sv = n_components if normalization == "log" else n_components + 1
+    _check_n_sv(n_sv, shape, svd_method, f"n_components={n_components} with method={normalization!r}")
+
+
+# --------------------------------------------------------------------------
+# Estimators (scikit-learn API)
+# --------------------------------------------------------------------------
+
+
+class _BaseSpectral(BiclusterMixin, BaseEstimator):
+    """Shared fit/validation of the two estimators."""
+
+    def _settings(self) -> _Settings:
+        return _Settings(self.svd_method, self.n_svd_vecs, self.mini_batch, self.init, self.n_init, self.random_state)
+
+    def fit(self, X, y=None):
+        """Create a biclustering for X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_columns)
+            Training data; converted to float32 (no copy if it already is).
+            NaN or inf raise a ValueError naming how many and where.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X = check_matrix(X, name="X", min_rows=3, min_cols=3)
+        settings = self._settings()
+        _check_settings(settings)
+        self._check_parameters(X.shape)
+        self.n_features_in_ = X.shape[1]
+        with threadpool_limits(limits=1, user_api="openmp"):
+            self._fit(X, settings)
+        return self
+
+
+class SpectralCoclustering(_BaseSpectral):
+    """Spectral co-clustering (Dhillon, 2001), float32, scikit-learn's API.
+
+    Parameters
+    ----------
+    n_clusters : int, default=3
+        Number of biclusters; ``2 <= n_clusters < min(n_rows, n_columns)``.
+    svd_method : {"randomized", "arpack"}, default="randomized"
+    n_svd_vecs : int, default=None
+        ``n_oversamples`` of the randomized SVD, or ``ncv`` of ARPACK.
+    mini_batch : bool, default=False
+        Use mini-batch k-means.
+    init : {"k-means++", "random"} or ndarray, default="k-means++"
+    n_init : int, default=10
+        k-means initializations.
+    random_state : int, RandomState instance or None, default=None
+        Threads through the SVD and every k-means, as in scikit-learn.
+
+    Attributes
+    ----------
+    row_labels_ : ndarray of shape (n_rows,)
+    column_labels_ : ndarray of shape (n_columns,)
+    rows_ : ndarray of shape (n_clusters, n_rows), bool
+    columns_ : ndarray of shape (n_clusters, n_columns), bool
+    biclusters_ : tuple of (rows_, columns_)
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import make_biclusters
+    >>> X, rows, cols = make_biclusters((60, 40), 3, noise=0.5, random_state=0)
+    >>> model = SpectralCoclustering(n_clusters=3, random_state=0).fit(np.abs(X))
+    >>> model.row_labels_.shape
+    (60,)
+    """
+
+    def __init__(
+        self,
+        n_clusters=3,
+        *,
+        svd_method="randomized",
+        n_svd_vecs=None,
+        mini_batch=False,
+        init="k-means++",
+        n_init=10,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.svd_method = svd_method
+        self.n_svd_vecs = n_svd_vecs
+        self.mini_batch = mini_batch
+        self.init = init
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def _check_parameters(self, shape) -> None:
+        _check_k(self.n_clusters, "n_clusters", min(shape), "min(n_rows, n_columns)")
+        _check_n_sv(_n_sv_dhillon(self.n_clusters), shape, self.svd_method, f"n_clusters={self.n_clusters}")
+
+    def _fit(self, X, settings) -> None:
+        fits, _ = _fit_dhillon_grid(X, [self.n_clusters], settings=settings)
+        self.row_labels_, self.column_labels_, _ = fits[(self.n_clusters, self.n_clusters)]
+        clusters = np.arange(self.n_clusters)[:, np.newaxis]
+        self.rows_ = self.row_labels_[np.newaxis, :] == clusters
+        self.columns_ = self.column_labels_[np.newaxis, :] == clusters
+
+
+class SpectralBiclustering(_BaseSpectral):
+    """Spectral biclustering (Kluger, 2003), float32, scikit-learn's API.
+
+    Parameters
+    ----------
+    n_clusters : int or tuple (n_row_clusters, n_column_clusters), default=3
+        ``2 <= n_row_clusters < n_rows`` and ``2 <= n_column_clusters < n_columns``.
+    method : {"bistochastic", "scale", "log"}, default="bistochastic"
+        Normalization.
+    n_components : int, default=6
+        Singular vectors to check.
+    n_best : int, default=3
+        Vectors to project the data on.
+    svd_method : {"randomized", "arpack"}, default="randomized"
+    n_svd_vecs : int, default=None
+    mini_batch : bool, default=False
+    init : {"k-means++", "random"} or ndarray, default="k-means++"
+    n_init : int, default=10
+    random_state : int, RandomState instance or None, default=None
+
+    Attributes
+    ----------
+    row_labels_ : ndarray of shape (n_rows,)
+    column_labels_ : ndarray of shape (n_columns,)
+    rows_ : ndarray of shape (n_row_clusters * n_column_clusters, n_rows), bool
+    columns_ : ndarray of shape (n_row_clusters * n_column_clusters, n_columns), bool
+    biclusters_ : tuple of (rows_, columns_)
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_checkerboard
+    >>> X, rows, cols = make_checkerboard((60, 40), (3, 2), noise=0.5, random_state=0)
+    >>> model = SpectralBiclustering((3, 2), n_components=4, random_state=0).fit(X)
+    >>> sorted(set(model.column_labels_.tolist()))
+    [0, 1]
+    """
+
+    def __init__(
+        self,
+        n_clusters=3,
+        *,
+        method="bistochastic",
+        n_components=6,
+        n_best=3,
+        svd_method="randomized",
+        n_svd_vecs=None,
+        mini_batch=False,
+        init="k-means++",
+        n_init=10,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.method = method
+        self.n_components = n_components
+        self.n_best = n_best
+        self.svd_method = svd_method
+        self.n_svd_vecs = n_svd_vecs
+        self.mini_batch = mini_batch
+        self.init = init
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def _ks(self) -> tuple[int, int]:
+        if _is_int(self.n_clusters):
+            return self.n_clusters, self.n_clusters
+        try:
+            n_row_clusters, n_column_clusters = self.n_clusters
+        except (TypeError, ValueError):
+            raise ValueError(
+                "n_clusters should be an int or a tuple (n_row_clusters, n_column_clusters). "
+                f"Got {self.n_clusters!r} instead."
+            ) from None
+        return n_row_clusters, n_column_clusters
+
+    def _check_parameters(self, shape) -> None:
+        n_row_clusters, n_column_clusters = self._ks()
+        name = "n_clusters" if _is_int(self.n_clusters) else None
+        _check_k(n_row_clusters, name or "n_row_clusters", shape[0], "n_rows")
+        _check_k(n_column_clusters, name or "n_column_clusters", shape[1], "n_columns")
+        _check_kluger(self.method, self.n_components, self.n_best, shape, self.svd_method, name="method")
+
+    def _fit(self, X, settings) -> None:
+        n_row_clusters, n_column_clusters = self._ks()
+        fits, _ = _fit_kluger_grid(
+            X,
+            [(n_row_clusters, n_column_clusters)],
+            normalization=self.method,
+            n_components=self.n_components,
+            n_best=self.n_best,
+            settings=settings,
+        )
+        self.row_labels_, self.column_labels_, _ = fits[(n_row_clusters, n_column_clusters)]
+        row_clusters = self.row_labels_[np.newaxis, :] == np.arange(n_row_clusters)[:, np.newaxis]
+        column_clusters = self.column_labels_[np.newaxis, :] == np.arange(n_column_clusters)[:, np.newaxis]
+        self.rows_ = np.repeat(row_clusters, n_column_clusters, axis=0)
+        self.columns_ = np.tile(column_clusters, (n_row_clusters, 1))
+
+
+# --------------------------------------------------------------------------
+# Grid search and results
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BiclusterResult:
+    """One grid point of :func:`grid_search`: labels and every score.
+
+    Attributes
+    ----------
+    method : str
+        ``"biclustering"`` or ``"coclustering"``.
+    row_k, col_k : int
+        Requested numbers of token and neuron clusters.
+    n_tokens, n_neurons : int
+    row_labels : ndarray of shape (n_tokens,), int32
+    col_labels : ndarray of shape (n_neurons,), int32
+    r2 : float
+        Block-mean R^2 (:func:`tnb.metrics.block_r2`).
+    adjusted_r2 : float
+        R^2 charged for the number of blocks (:func:`tnb.metrics.adjusted_r2`).
+    statistic : str
+        What ``z`` tests: ``"r2"`` or ``"mean_block_mean"``.
+    observed : float
+        The statistic's value on the fitted labels.
+    z, p, null_mean, null_sd : float
+        Z-score, permutation p-value (+1 corrected) and the null's moments.
+    null : str
+        Which null ``z`` comes from: ``"label_shuffle"`` or ``"refit"``.
+    n_permutations : int
+        Null draws: label shuffles, or refits for ``null="refit"``.
+    spec_mean, spec_median : float
+        Layer-level neuron specialization (same for every grid point).
+    cluster_spec_mean : float
+        Mean over neurons of the specialization over this point's token clusters.
+    seconds : float
+        This point's own fitting and scoring time plus an equal share of the
+        shared steps (normalization, SVD, piecewise fits, refits).
+    seed : int
+        The ``random_state`` the whole grid ran with.
+    selected : bool
+        Whether the selection rule picked this point.
+    selection_rule : str or None
+    """
+
+    method: str
+    row_k: int
+    col_k: int
+    n_tokens: int
+    n_neurons: int
+    row_labels: np.ndarray
+    col_labels: np.ndarray
+    r2: float
+    adjusted_r2: float
+    statistic: str
+    observed: float
+    z: float
+    p: float
+    null_mean: float
+    null_sd: float
+    null: str
+    n_permutations: int
+    spec_mean: float
+    spec_median: float
+    cluster_spec_mean: float
+    seconds: float
+    seed: int
+    selected: bool = False
+    selection_rule: str | None = None
+
+    def metrics_row(self) -> dict:
+        """This point as a row of the METRICS table (all columns but ``code_version``).
+
+        Returns
+        -------
+        dict
+            Keys and types as in :data:`tnb.schemas.METRICS`.
+        """
+        return {
+            "row_k": self.row_k,
+            "col_k": self.col_k,
+            "n_tokens": self.n_tokens,
+            "n_neurons": self.n_neurons,
+            "r2": self.r2,
+            "adjusted_r2": self.adjusted_r2,
+            "z": self.z,
+            "p": self.p,
+            "null_mean": self.null_mean,
+            "null_sd": self.null_sd,
+            "statistic": self.statistic,
+            "null": self.null,
+            "n_permutations": self.n_permutations,
+            "spec_mean": self.spec_mean,
+            "spec_median": self.spec_median,
+            "seconds": self.seconds,
+            "seed": self.seed,
+            "selected": self.selected,
+            "selection_rule": self.selection_rule,
+        }
+
+    def labels_columns(self, token_index=None) -> dict[str, np.ndarray]:
+        """This point's labels as the columns of the LABELS table.
+
+        Parameters
+        ----------
+        token_index : ndarray of shape (n_tokens,), optional
+            The ``pos`` of each row; default ``0..n_tokens-1``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``row_k, col_k, axis, index, label``, token rows first.
+        """
+        if token_index is None:
+            token_index = np.arange(self.n_tokens)
+        token_index = np.asarray(token_index)
+        if token_index.shape != (self.n_tokens,):
+            raise ValueError(f"token_index should have shape ({self.n_tokens},). Got {token_index.shape} instead.")
+        n_total = self.n_tokens + self.n_neurons
+        return {
+            "row_k": np.full(n_total, self.row_k, dtype=np.int32),
+            "col_k": np.full(n_total, self.col_k, dtype=np.int32),
+            "axis": np.array(["token"] * self.n_tokens + ["neuron"] * self.n_neurons, dtype=object),
+            "index": np.concatenate([token_index, np.arange(self.n_neurons)]).astype(np.int32),
+            "label": np.concatenate([self.row_labels, self.col_labels]).astype(np.int32),
+        }
+
+
+def _resolve_seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % 2**32)
+    if not _is_int(random_state) or random_state < 0:
+        raise ValueError(
+            "random_state should be None or an int >= 0 (the grid records its seed). "
+            f"Got {random_state!r} instead."
+        )
+    return int(random_state)
+
+
+def _grid_pairs(row_ks, col_ks, method: str, shape) -> list[tuple[int, int]]:
+    row_ks = tuple(row_ks)
+    col_ks = tuple(col_ks)
+    if not row_ks or not col_ks:
+        raise ValueError(f"row_ks and col_ks should not be empty. Got row_ks={row_ks}, col_ks={col_ks}.")
+    for k in row_ks:
+        _check_k(k, "every row_k in row_ks", shape[0], "n_tokens")
+    for k in col_ks:
+        _check_k(k, "every col_k in col_ks", shape[1], "n_neurons")
+    if method == "coclustering":
+        pairs = [(k, k) for k in dict.fromkeys(row_ks) if k in col_ks]
+        if not pairs:
+            raise ValueError(
+                "coclustering has one k for tokens and neurons, so it runs the ks that are in both row_ks "
+                f"and col_ks. Got row_ks={row_ks}, col_ks={col_ks}, which share none."
+            )
+        return pairs
+    return [(rk, ck) for rk in dict.fromkeys(row_ks) for ck in dict.fromkeys(col_ks)]
+
+
+def _fit_grid(X, pairs, method, *, normalization, n_components, n_best, settings):
+    with threadpool_limits(limits=1, user_api="openmp"):
+        if method == "coclustering":
+            return _fit_dhillon_grid(X, [rk for rk, _ in pairs], settings=settings)
+        return _fit_kluger_grid(
+            X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+        )
+
+
+def _observed_statistics(X, fits, statistic, moments) -> dict:
+    """{pair: (r2, observed statistic, n_blocks)} from block sums."""
+    from tnb.metrics import block_sums
+
+    sum_squares, total, n_elements = moments
+    out = {}
+    for pair, (row_labels, col_labels, _) in fits.items():
+        sums, sizes = block_sums(X, row_labels, col_labels)
+        kwargs = {"total": total, "sum_squares": sum_squares, "n_elements": n_elements}
+        r2 = float(np.clip(statistic_from_sums(sums, sizes, "r2", **kwargs), 0.0, 1.0))
+        observed = r2 if statistic == "r2" else float(statistic_from_sums(sums, sizes, statistic, **kwargs))
+        out[pair] = (r2, observed, int(np.count_nonzero(sizes)))
+    return out
+
+
+def refit_null(
+    A,
+    row_ks=DEFAULT_KS,
+    col_ks=DEFAULT_KS,
+    *,
+    method: str = "biclustering",
+    n_refits: int = 10,
+    statistic: str = "r2",
+    random_state: int | None = None,
+    normalization: str = "bistochastic",
+    n_components: int = 6,
+    n_best: int = 3,
+    svd_method: str = "randomized",
+    n_svd_vecs: int | None = None,
+    n_init: int = 10,
+) -> dict[tuple[int, int], np.ndarray]:
+    """The stricter null: what biclustering finds in structureless data with the same marginals.
+
+    Each refit shuffles the entries within every column (each neuron keeps its
+    own distribution, any token-neuron structure is destroyed), refits the
+    whole grid on it and scores it. Labels fitted to noise always beat shuffled
+    labels, so the label-shuffle null flatters any fit; this one does not.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_ks, col_ks : sequence of int
+    method : {"biclustering", "coclustering"}
+    n_refits : int, default=10
+        Number of shuffled matrices to refit (>= 2). Each costs one grid fit.
+    statistic : {"r2", "mean_block_mean"}
+    random_state : int or None
+    normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
+        As in :func:`grid_search`.
+
+    Returns
+    -------
+    dict of (row_k, col_k) to ndarray of shape (n_refits,)
+        The statistic of each refit, per grid point.
+    """
+    X = check_matrix(A, min_rows=3, min_cols=3)
+    seed = _resolve_seed(random_state)
+    _check_choice(method, "method", METHODS)
+    _check_choice(statistic, "statistic", STATISTICS)
+    if not _is_int(n_refits) or n_refits < 2:
+        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
+    pairs = _grid_pairs(row_ks, col_ks, method, X.shape)
+    settings = _Settings(svd_method=svd_method, n_svd_vecs=n_svd_vecs, n_init=n_init, random_state=seed)
+    _check_settings(settings)
+    if method == "biclustering":
+        _check_kluger(normalization, n_components, n_best, X.shape, svd_method)
+    return _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings)
+
+
+def _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings):
+    values = {pair: np.empty(n_refits) for pair in pairs}
+    for refit in range(n_refits):
+        # Spawn key (1, refit): disjoint from the label-shuffle streams (0, grid index).
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, refit)))
+        shuffled = rng.permuted(X, axis=0)  # every column shuffled on its own
+        fits, _ = _fit_grid(
+            shuffled, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best,
+            settings=settings,
+        )
+        observed = _observed_statistics(shuffled, fits, statistic, total_sum_of_squares(shuffled))
+        for pair in pairs:
+            values[pair][refit] = observed[pair][1]
+    return values
+
+
+def grid_search(
+    A,
+    row_ks=DEFAULT_KS,
+    col_ks=DEFAULT_KS,
+    *,
+    method: str = "biclustering",
+    n_permutations: int = 1000,
+    random_state: int | None = None,
+    statistic: str = "r2",
+    selection: str = "z",
+    null: str = "label_shuffle",
+    n_refits: int = 10,
+    n_column_shuffles: int = 25,
+    normalization: str = "bistochastic",
+    n_components: int = 6,
+    n_best: int = 3,
+    svd_method: str = "randomized",
+    n_svd_vecs: int | None = None,
+    n_init: int = 10,
+) -> list[BiclusterResult]:
+    """Bicluster one matrix at every grid point from one SVD, and score every point.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons) or PreparedMatrix
+        The prepared matrix (:func:`tnb.prepare.prepare`); float32 is used as is.
+    row_ks, col_ks : sequence of int, default=(6, 9, 12)
+        Token and neuron cluster counts; ``2 <= row_k < n_tokens``,
+        ``2 <= col_k < n_neurons``. Co-clustering runs the ks in both.
+    method : {"biclustering", "coclustering"}, default="biclustering"
+        Kluger's checkerboard method (the study's) or Dhillon's co-clustering.
+    n_permutations : int, default=1000
+        Label shuffles of the ``"label_shuffle"`` null.
+    random_state : int or None, default=None
+        Seed of the SVD, k-means and shuffles; None draws one (recorded in
+        ``.seed``). The same seed gives bit-identical results.
+    statistic : {"r2", "mean_block_mean"}, default="r2"
+        What the Z-score tests.
+    selection : {"z", "adjusted_r2", "r2"}, default="z"
+        Rule that marks one point ``selected`` (see :func:`mark_selected`).
+    null : {"label_shuffle", "refit"}, default="label_shuffle"
+        Where ``z`` comes from: size-preserving label shuffles, or refits on
+        column-shuffled data (``n_refits`` grid fits, much slower, stricter).
+    n_refits : int, default=10
+        Refits of the ``"refit"`` null.
+    n_column_shuffles : int, default=25
+        Pool of column shuffles of the label-shuffle null
+        (:func:`tnb.metrics.permutation_test`).
+    normalization : {"bistochastic", "scale", "log"}, default="bistochastic"
+        Kluger's normalization (ignored for co-clustering).
+    n_components, n_best : int, default=6, 3
+        Kluger's singular vectors to check and to project on.
+    svd_method : {"randomized", "arpack"}, default="randomized"
+    n_svd_vecs : int or None, default=None
+    n_init : int, default=10
+        k-means initializations.
+
+    Returns
+    -------
+    list of BiclusterResult
+        One per grid point, row_k-major, with exactly one ``selected``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_checkerboard
+    >>> from tnb.prepare import prepare
+    >>> X, _, _ = make_checkerboard((120, 60), (3, 3), noise=1, random_state=0)
+    >>> results = grid_search(prepare(X), (2, 3), (3,), n_components=4, n_permutations=50, random_state=0)
+    >>> [(r.row_k, r.col_k) for r in results]
+    [(2, 3), (3, 3)]
+    """
+    X = check_matrix(A, min_rows=3, min_cols=3)
+    seed = _resolve_seed(random_state)
+    _check_choice(method, "method", METHODS)
+    _check_choice(statistic, "statistic", STATISTICS)
+    _check_choice(selection, "selection", SELECTION_RULES)
+    _check_choice(null, "null", NULLS)
+    pairs = _grid_pairs(row_ks, col_ks, method, X.shape)
+    settings = _Settings(svd_method=svd_method, n_svd_vecs=n_svd_vecs, n_init=n_init, random_state=seed)
+    _check_settings(settings)
+    if method == "biclustering":
+        _check_kluger(normalization, n_components, n_best, X.shape, svd_method)
+    else:
+        _check_n_sv(_n_sv_dhillon(max(k for k, _ in pairs)), X.shape, svd_method, f"k={max(k for k, _ in pairs)}")
+    if null == "refit" and (not _is_int(n_refits) or n_refits < 2):
+        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
+
+    fits, shared_seconds = _fit_grid(
+        X, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+    )
+    start = time.perf_counter()
+    moments = total_sum_of_squares(X)
+    spec_mean, spec_median = specialization_summary(X) if X.min() >= 0 else (float("nan"), float("nan"))
+    observed = _observed_statistics(X, fits, statistic, moments)
+    if null == "refit":
+        refits = _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings)
+    shared_seconds += time.perf_counter() - start
+
+    results = []
+    for index, pair in enumerate(pairs):
+        start = time.perf_counter()
+        row_labels, col_labels, fit_seconds = fits[pair]
+        r2, value, n_blocks = observed[pair]
+        if null == "label_shuffle":
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, index)))
+            test = permutation_test(
+                X, row_labels, col_labels, statistic=statistic, n_permutations=n_permutations,
+                n_column_shuffles=n_column_shuffles, random_state=rng, moments=moments,
+            )
+            z, p, null_mean, null_sd, n_draws = test.z, test.p, test.null_mean, test.null_sd, test.n_permutations
+        else:
+            z, p, null_mean, null_sd = _z_from_values(value, refits[pair])
+            n_draws = n_refits
+        spec = cluster_specialization(X, row_labels) if X.min() >= 0 else np.full(X.shape[1], np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            cluster_spec_mean = float(np.nanmean(spec)) if not np.all(np.isnan(spec)) else float("nan")
+        point_seconds = fit_seconds + time.perf_counter() - start
+        results.append(
+            BiclusterResult(
+                method=method,
+                row_k=pair[0],
+                col_k=pair[1],
+                n_tokens=X.shape[0],
+                n_neurons=X.shape[1],
+                row_labels=np.asarray(row_labels, dtype=np.int32),
+                col_labels=np.asarray(col_labels, dtype=np.int32),
+                r2=r2,
+                adjusted_r2=adjusted_r2(r2, X.size, n_blocks),
+                statistic=statistic,
+                observed=value,
+                z=z,
+                p=p,
+                null_mean=null_mean,
+                null_sd=null_sd,
+                null=null,
+                n_permutations=int(n_draws),
+                spec_mean=spec_mean,
+                spec_median=spec_median,
+                cluster_spec_mean=cluster_spec_mean,
+                seconds=point_seconds + shared_seconds / len(pairs),
+                seed=seed,
+            )
+        )
+    return mark_selected(results, selection)
+
+
+def _z_from_values(observed: float, null_values: np.ndarray) -> tuple[float, float, float, float]:
+    from tnb.metrics import _z_and_p
+
+    return _z_and_p(observed, null_values)
+
+
+def mark_selected(results, rule: str = "z") -> list[BiclusterResult]:
+    """Mark the grid point a selection rule picks; keep every point's scores.
+
+    Parameters
+    ----------
+    results : sequence of BiclusterResult
+        One layer's grid.
+    rule : {"z", "adjusted_r2", "r2"}, default="z"
+        ``"r2"`` is the study's rule; it always picks the largest grid,
+        because more blocks always fit better. ``"adjusted_r2"`` charges
+        ~n_blocks/N, which only matters on small matrices. ``"z"`` (default)
+        picks the point that beats its null by the most standard deviations;
+        the null's spread grows with the number of blocks, so extra blocks
+        that only fit noise lower Z. NaN scores rank last; ties go to fewer
+        blocks, then fewer token clusters.
+
+    Returns
+    -------
+    list of BiclusterResult
+        Copies with ``selected`` and ``selection_rule`` set; exactly one selected.
+    """
+    _check_choice(rule, "rule", SELECTION_RULES)
+    results = list(results)
+    if not results:
+        raise ValueError("results should hold at least one grid point. Got an empty sequence.")
+
+    def rank(result):
+        score = getattr(result, rule)
+        score = -math.inf if score is None or math.isnan(score) else score
+        return (score, -result.row_k * result.col_k, -result.row_k)
+
+    best = max(range(len(results)), key=lambda i: rank(results[i]))
+    return [
+        dataclasses.replace(result, selected=(i == best), selection_rule=rule) for i, result in enumerate(results)
+    ]

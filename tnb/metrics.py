@@ -1,0 +1,532 @@
+"""Scores for a biclustering: block-mean R^2, permutation Z, specialization.
+
+Everything here works on block sums, never on a reconstructed matrix. With
+``S[r, c]`` the sum of the entries in token cluster ``r`` and neuron cluster
+``c`` and ``n[r, c]`` the block's size, the block-mean model's residual sum of
+squares is
+
+    RSS = ||A||^2 - sum_b S_b^2 / n_b,
+
+so R^2 = 1 - RSS / TSS with TSS = ||A||^2 - (sum A)^2 / N (about the overall
+mean). ``S`` costs one GEMM ``A @ onehot(col_labels)`` (tokens x col_k) and a
+row-cluster reduction of that small matrix.
+
+The label-shuffle null keeps every cluster's size: row labels and column labels
+are permuted. Row shuffles are applied to the precomputed column-cluster sums
+(O(tokens x col_k) per permutation); column shuffles need a pass over the whole
+matrix, so a pool of ``n_column_shuffles`` of them is computed in one GEMM and
+permutation ``i`` pairs a fresh row shuffle with column shuffle
+``i % n_column_shuffles``. ``n_column_shuffles = n_permutations`` gives fully
+independent shuffles at O(tokens x neurons) each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "STATISTICS",
+    "PermutationResult",
+    "adjusted_r2",
+    "bicluster_specialization",
+    "block_r2",
+    "block_sums",
+    "cluster_specialization",
+    "mean_block_mean",
+    "neuron_specialization",
+    "permutation_test",
+    "specialization_summary",
+    "statistic_from_sums",
+    "total_sum_of_squares",
+]
+
+#: Statistics a permutation test can score: the study's R^2 and its original
+#: mean of the block means (kept for comparison).
+STATISTICS = ("r2", "mean_block_mean")
+
+# Rows per chunk when a float64 accumulation over the matrix is needed.
+_CHUNK_ROWS = 4096
+# Soft cap on the bytes of the (batch, n_tokens) index arrays a permutation
+# batch holds at once.
+_BATCH_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Outcome of a permutation test.
+
+    Attributes
+    ----------
+    statistic : str
+        ``"r2"`` or ``"mean_block_mean"``.
+    observed : float
+        The statistic on the labels given.
+    z : float
+        ``(observed - null_mean) / null_sd``; NaN when ``null_sd`` is 0.
+    p : float
+        ``(1 + #{null >= observed}) / (1 + n_permutations)``.
+    null_mean, null_sd : float
+        Mean and standard deviation (ddof=1) of the null statistics.
+    n_permutations : int
+        Number of null draws.
+    null : str
+        Which null: ``"label_shuffle"`` here; ``"refit"`` for
+        :func:`tnb.bicluster.refit_null`.
+    null_values : ndarray of shape (n_permutations,)
+        The null statistics themselves.
+    """
+
+    statistic: str
+    observed: float
+    z: float
+    p: float
+    null_mean: float
+    null_sd: float
+    n_permutations: int
+    null: str
+    null_values: np.ndarray
+
+
+def _compact(labels, n_expected: int, name: str) -> tuple[np.ndarray, int]:
+    """Relabel to 0..k-1 (k = distinct labels) and check the length."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n_expected:
+        raise ValueError(f"{name} should have shape ({n_expected},). Got {labels.shape} instead.")
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"{name} should hold integers. Got dtype {labels.dtype} instead.")
+    uniques, inverse = np.unique(labels, return_inverse=True)
+    return inverse.astype(np.intp, copy=False), int(uniques.size)
+
+
+def _as_float32(A) -> np.ndarray:
+    # Local import keeps tnb.metrics importable on its own for the lake readers.
+    from tnb.prepare import check_matrix
+
+    return check_matrix(A)
+
+
+def _onehot(labels: np.ndarray, k: int, dtype=np.float32) -> np.ndarray:
+    out = np.zeros((labels.shape[0], k), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def _row_cluster_sums(column_sums: np.ndarray, row_labels: np.ndarray, row_k: int) -> np.ndarray:
+    """Sum rows of ``column_sums`` (n_tokens, col_k) by row label -> (row_k, col_k) float64."""
+    return _onehot(row_labels, row_k, np.float64).T @ column_sums
+
+
+def total_sum_of_squares(A) -> tuple[float, float, int]:
+    """``(sum A^2, sum A, N)`` accumulated in float64 over row chunks.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+
+    Returns
+    -------
+    sum_squares : float
+    total : float
+    n_elements : int
+    """
+    array = _as_float32(A)
+    sum_squares = 0.0
+    total = 0.0
+    for start in range(0, array.shape[0], _CHUNK_ROWS):
+        chunk = array[start : start + _CHUNK_ROWS].astype(np.float64)
+        sum_squares += float(np.einsum("ij,ij->", chunk, chunk))
+        total += float(chunk.sum())
+    return sum_squares, total, array.size
+
+
+def block_sums(A, row_labels, col_labels) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and size of every block of a checkerboard partition.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+    col_labels : ndarray of shape (n_neurons,), int
+        Any integer labels; they are relabelled to ``0..k-1`` in sorted order.
+
+    Returns
+    -------
+    sums : ndarray of shape (row_k, col_k), float64
+    sizes : ndarray of shape (row_k, col_k), float64
+        ``sizes[r, c] = |rows r| * |cols c|``.
+    """
+    array = _as_float32(A)
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
+    column_sums = (array @ _onehot(cols, col_k)).astype(np.float64)
+    sums = _row_cluster_sums(column_sums, rows, row_k)
+    sizes = np.outer(np.bincount(rows, minlength=row_k), np.bincount(cols, minlength=col_k)).astype(np.float64)
+    return sums, sizes
+
+
+def _between_ss(sums: np.ndarray, sizes: np.ndarray, mean: float) -> np.ndarray:
+    """sum_b n_b (S_b/n_b - mean)^2 over the last two axes (the explained SS)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviation = np.where(sizes > 0, sums / np.where(sizes > 0, sizes, 1) - mean, 0.0)
+    return np.einsum("...ij,...ij->...", sizes * deviation, deviation)
+
+
+def statistic_from_sums(
+    sums: np.ndarray, sizes: np.ndarray, statistic: str, *, total: float, sum_squares: float, n_elements: int
+) -> np.ndarray:
+    """Evaluate a statistic from block sums; works on stacks ``(..., row_k, col_k)``.
+
+    Parameters
+    ----------
+    sums : ndarray of shape (..., row_k, col_k)
+    sizes : ndarray of shape (row_k, col_k)
+    statistic : {"r2", "mean_block_mean"}
+    total, sum_squares : float
+        ``sum A`` and ``sum A^2`` (from :func:`total_sum_of_squares`).
+    n_elements : int
+
+    Returns
+    -------
+    ndarray of shape (...)
+    """
+    if statistic == "r2":
+        mean = total / n_elements
+        tss = sum_squares - total * mean
+        if tss <= 0:
+            return np.zeros(sums.shape[:-2])
+        return _between_ss(sums, sizes, mean) / tss
+    if statistic == "mean_block_mean":
+        occupied = sizes > 0
+        block_means = np.where(occupied, sums / np.where(occupied, sizes, 1), 0.0)
+        return block_means.sum(axis=(-2, -1)) / occupied.sum()
+    raise ValueError(f"statistic should be one of {STATISTICS}. Got {statistic!r} instead.")
+
+
+def block_r2(A, row_labels, col_labels) -> float:
+    """Block-mean R^2 of a checkerboard partition, in closed form.
+
+    ``1 - RSS / TSS`` where the reconstruction replaces every entry with the
+    mean of its block and TSS is about the overall mean. Computed as
+    ``sum_b n_b (mean_b - mean)^2 / TSS`` from block sums: no reconstructed
+    matrix, no loop over elements.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+    col_labels : ndarray of shape (n_neurons,), int
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0 when the matrix is constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[1.0, 1.0, 5.0], [1.0, 1.0, 5.0], [3.0, 3.0, 3.0]])
+    >>> round(block_r2(A, [0, 0, 1], [0, 0, 1]), 6)
+    1.0
+    """
+    sums, sizes = block_sums(A, row_labels, col_labels)
+    sum_squares, total, n_elements = total_sum_of_squares(A)
+    value = statistic_from_sums(sums, sizes, "r2", total=total, sum_squares=sum_squares, n_elements=n_elements)
+    return float(np.clip(value, 0.0, 1.0))
+
+
+def mean_block_mean(A, row_labels, col_labels) -> float:
+    """The study's original statistic: the unweighted mean of the block means.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+    col_labels : ndarray of shape (n_neurons,), int
+
+    Returns
+    -------
+    float
+    """
+    sums, sizes = block_sums(A, row_labels, col_labels)
+    return float(statistic_from_sums(sums, sizes, "mean_block_mean", total=0.0, sum_squares=0.0, n_elements=1))
+
+
+def adjusted_r2(r2: float, n_elements: int, n_blocks: int) -> float:
+    """R^2 adjusted for the number of blocks: ``1 - (1 - r2) (N - 1) / (N - n_blocks)``.
+
+    The block-mean model has one free mean per block, so ``n_blocks`` plays
+    the role of ``p + 1`` in the usual formula. The charge is about
+    ``n_blocks / N``: on a full layer (N ~ 10^7 entries) it is ~1e-5 and the
+    ranking follows R^2; it matters on small matrices. It does not charge for
+    the labels having been fitted to the data; the refit null does.
+
+    Parameters
+    ----------
+    r2 : float
+    n_elements : int
+        ``n_tokens * n_neurons``.
+    n_blocks : int
+        ``row_k * col_k`` (non-empty blocks).
+
+    Returns
+    -------
+    float
+        NaN when ``n_elements <= n_blocks``.
+    """
+    if n_elements <= n_blocks:
+        return float("nan")
+    return float(1.0 - (1.0 - r2) * (n_elements - 1) / (n_elements - n_blocks))
+
+
+def _z_and_p(observed: float, null_values: np.ndarray) -> tuple[float, float, float, float]:
+    null_mean = float(null_values.mean())
+    null_sd = float(null_values.std(ddof=1)) if null_values.size > 1 else 0.0
+    z = (observed - null_mean) / null_sd if null_sd > 0 else float("nan")
+    # Tolerance so that float noise does not count an identical value as below.
+    at_least = int(np.count_nonzero(null_values >= observed - 1e-12 * max(1.0, abs(observed))))
+    p = (1 + at_least) / (1 + null_values.size)
+    return float(z), float(p), null_mean, null_sd
+
+
+def permutation_test(
+    A,
+    row_labels,
+    col_labels,
+    *,
+    statistic: str = "r2",
+    n_permutations: int = 1000,
+    n_column_shuffles: int = 25,
+    random_state: int | np.random.Generator | None = None,
+    moments: tuple[float, float, int] | None = None,
+) -> PermutationResult:
+    """Permutation Z-score and p-value of a statistic under size-preserving label shuffles.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+    col_labels : ndarray of shape (n_neurons,), int
+    statistic : {"r2", "mean_block_mean"}, default="r2"
+    n_permutations : int, default=1000
+        Number of null draws (>= 2).
+    n_column_shuffles : int, default=25
+        Size of the pool of column shuffles (see the module docstring); capped
+        at ``n_permutations``.
+    random_state : int, Generator or None, default=None
+        Seed of the shuffles. The same seed gives bit-identical results.
+    moments : tuple, optional
+        ``total_sum_of_squares(A)``, when the caller already has it.
+
+    Returns
+    -------
+    PermutationResult
+        With ``null="label_shuffle"``.
+
+    Notes
+    -----
+    Labels fitted to the data beat shuffled labels almost always, also on
+    pure noise, so this Z measures "better than random labels", not "there is
+    structure"; use :func:`tnb.bicluster.refit_null` for the latter.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic should be one of {STATISTICS}. Got {statistic!r} instead.")
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 2:
+        raise ValueError(f"n_permutations should be an int >= 2. Got {n_permutations!r} instead.")
+    if isinstance(n_column_shuffles, bool) or not isinstance(n_column_shuffles, (int, np.integer)) or n_column_shuffles < 1:
+        raise ValueError(f"n_column_shuffles should be an int >= 1. Got {n_column_shuffles!r} instead.")
+    array = _as_float32(A)
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
+    if moments is None:
+        moments = total_sum_of_squares(array)
+    sum_squares, total, n_elements = moments
+    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+
+    sizes = np.outer(np.bincount(rows, minlength=row_k), np.bincount(cols, minlength=col_k)).astype(np.float64)
+    observed_sums = _row_cluster_sums((array @ _onehot(cols, col_k)).astype(np.float64), rows, row_k)
+
+    def evaluate(sums):
+        return statistic_from_sums(
+            sums, sizes, statistic, total=total, sum_squares=sum_squares, n_elements=n_elements
+        )
+
+    observed = float(evaluate(observed_sums))
+    null_values = _label_shuffle_null(
+        array, rows, row_k, cols, col_k, evaluate, int(n_permutations), int(min(n_column_shuffles, n_permutations)), rng
+    )
+    z, p, null_mean, null_sd = _z_and_p(observed, null_values)
+    return PermutationResult(
+        statistic=statistic,
+        observed=observed,
+        z=z,
+        p=p,
+        null_mean=null_mean,
+        null_sd=null_sd,
+        n_permutations=int(n_permutations),
+        null="label_shuffle",
+        null_values=null_values,
+    )
+
+
+def _label_shuffle_null(array, rows, row_k, cols, col_k, evaluate, n_permutations, n_column_shuffles, rng):
+    n_rows = array.shape[0]
+    # Pool of column shuffles: one GEMM gives every shuffled column-cluster sum.
+    shuffled_cols = np.stack([rng.permutation(cols) for _ in range(n_column_shuffles)])
+    stacked = np.zeros((array.shape[1], n_column_shuffles * col_k), dtype=np.float32)
+    stacked[np.arange(array.shape[1])[None, :], shuffled_cols + col_k * np.arange(n_column_shuffles)[:, None]] = 1
+    pool = (array @ stacked).astype(np.float64).reshape(n_rows, n_column_shuffles, col_k)
+    pool = np.ascontiguousarray(pool.transpose(1, 0, 2))  # (n_column_shuffles, n_rows, col_k)
+
+    # Rows sorted by label: a shuffle's block sums are then contiguous segment
+    # sums (reduceat) of the gathered rows, instead of a scatter-add.
+    order = np.argsort(rows, kind="stable")
+    starts = np.searchsorted(rows[order], np.arange(row_k))
+    occupied = np.bincount(rows, minlength=row_k) > 0
+    batch = max(1, min(n_permutations, _BATCH_BYTES // (8 * n_rows * (col_k + 1))))
+    null_values = np.empty(n_permutations, dtype=np.float64)
+    assignment = np.arange(n_permutations) % n_column_shuffles
+    base = np.broadcast_to(np.arange(n_rows), (batch, n_rows))
+    for start in range(0, n_permutations, batch):
+        stop = min(start + batch, n_permutations)
+        permutations = rng.permuted(base[: stop - start], axis=1)
+        # Row i of the shuffled matrix takes row permutation[i]'s values;
+        # gather in label order so each cluster is one contiguous segment.
+        gathered = pool[assignment[start:stop, None], permutations[:, order]]  # (b, n_rows, col_k)
+        sums = np.zeros((stop - start, row_k, col_k), dtype=np.float64)
+        sums[:, occupied] = np.add.reduceat(gathered, starts[occupied], axis=1)
+        null_values[start:stop] = evaluate(sums)
+    return null_values
+
+
+def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:
+    """1 - H(p)/log(n_outcomes) for each column of a nonnegative mass matrix (outcomes x items)."""
+    totals = mass.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = mass / totals
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=0)
+    spec = 1.0 - entropy / np.log(n_outcomes)
+    return np.where(totals > 0, spec, np.nan)
+
+
+def _token_cluster_mass(array: np.ndarray, rows: np.ndarray, row_k: int) -> np.ndarray:
+    """|z| mass of every neuron on every token cluster -> (row_k, n_neurons) float64 (one GEMM)."""
+    return (_onehot(rows, row_k).T @ array).astype(np.float64)
+
+
+def neuron_specialization(A) -> np.ndarray:
+    """Per-neuron specialization ``1 - H(p) / log(n_tokens)``.
+
+    ``p`` is the neuron's |z| mass over tokens (its column of the prepared
+    matrix, normalised to sum 1). 0 means the neuron responds equally to every
+    token, 1 that all its mass is on one token.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+        Prepared, nonnegative matrix (|z|).
+
+    Returns
+    -------
+    ndarray of shape (n_neurons,), float64
+        NaN for all-zero (constant) columns, which have no mass to spread.
+    """
+    array = _as_float32(A)
+    if array.shape[0] < 2:
+        raise ValueError(f"A should have at least 2 rows (tokens). Got {array.shape[0]} instead.")
+    if (array < 0).any():
+        raise ValueError("A should be nonnegative (prepare it with tnb.prepare.abs_zscore first).")
+    # H = log(s) - (sum a log a) / s with s the column total, accumulated in
+    # float64 over row chunks (no float64 copy of the matrix).
+    totals = np.zeros(array.shape[1])
+    alog = np.zeros(array.shape[1])
+    for start in range(0, array.shape[0], _CHUNK_ROWS):
+        chunk = array[start : start + _CHUNK_ROWS].astype(np.float64)
+        totals += chunk.sum(axis=0)
+        positive = chunk > 0
+        alog += np.where(positive, chunk * np.log(np.where(positive, chunk, 1.0)), 0.0).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = np.log(totals) - alog / totals
+        spec = 1.0 - entropy / np.log(array.shape[0])
+    return np.where(totals > 0, spec, np.nan)
+
+
+def specialization_summary(A) -> tuple[float, float]:
+    """Mean and median neuron specialization of a layer (NaN columns ignored).
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+
+    Returns
+    -------
+    mean, median : float
+        NaN if every column is constant.
+    """
+    spec = neuron_specialization(A)
+    if np.all(np.isnan(spec)):
+        return float("nan"), float("nan")
+    return float(np.nanmean(spec)), float(np.nanmedian(spec))
+
+
+def cluster_specialization(A, row_labels) -> np.ndarray:
+    """Per-neuron specialization over token clusters: ``1 - H(q) / log(row_k)``.
+
+    ``q[r]`` is the share of the neuron's |z| mass that falls on token cluster
+    ``r``, divided by the cluster's share of tokens and renormalised, so that a
+    neuron indifferent to the clusters scores 0 whatever the cluster sizes.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+
+    Returns
+    -------
+    ndarray of shape (n_neurons,), float64
+        NaN for all-zero columns.
+    """
+    array = _as_float32(A)
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    if row_k < 2:
+        raise ValueError(f"row_labels should name at least 2 clusters. Got {row_k} instead.")
+    mass = _token_cluster_mass(array, rows, row_k)
+    cluster_share = np.bincount(rows, minlength=row_k) / rows.size
+    return _entropy_specialization(mass / cluster_share[:, None], row_k)
+
+
+def bicluster_specialization(A, row_labels, col_labels) -> np.ndarray:
+    """Per-bicluster specialization: how much of its neurons' mass a block holds.
+
+    For block ``(r, c)``: the mean, over the neurons of cluster ``c``, of the
+    share of each neuron's |z| mass that falls on token cluster ``r``, divided
+    by token cluster ``r``'s share of tokens. 1 means the block gets exactly its
+    fair share; above 1, the neurons of ``c`` concentrate on the tokens of ``r``.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    row_labels : ndarray of shape (n_tokens,), int
+    col_labels : ndarray of shape (n_neurons,), int
+
+    Returns
+    -------
+    ndarray of shape (row_k, col_k), float64
+    """
+    array = _as_float32(A)
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
+    mass = _token_cluster_mass(array, rows, row_k)
+    totals = mass.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(totals > 0, mass / totals, np.nan)
+    lift = share / (np.bincount(rows, minlength=row_k) / rows.size)[:, None]
+    out = np.full((row_k, col_k), np.nan)
+    valid = ~np.isnan(lift[0])
+    sums = np.zeros((row_k, col_k))
+    np.add.at(sums.T, cols[valid], lift[:, valid].T)
+    n_valid = np.bincount(cols[valid], minlength=col_k)
+    np.divide(sums, n_valid, out=out, where=n_valid > 0)
+    return out

@@ -32,7 +32,7 @@ def save_figure(fig: Figure, base: str | os.PathLike[str], dpi: int = 120) -> li
     paths = []
     for fmt in FORMATS:
         path = base.with_name(f"{base.name}.{fmt}")
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(path, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
         paths.append(path)
     plt.close(fig)
     return paths

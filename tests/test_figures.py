@@ -1,0 +1,122 @@
+"""Figures render what they should: planted blocks, lines per model, the selected grid point, the observed statistic."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.fixtures.analysis_lake import build_fixture_lake
+from tnb.families import lake_families
+from tnb.figures import (
+    block_average_map,
+    bicluster_map_figure,
+    emergence_figure,
+    family_flow_figure,
+    grid_figure,
+    null_figure,
+    save_figure,
+)
+from tnb.query import run_query
+from tnb.report import block_r2, label_shuffle_null
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory):
+    return build_fixture_lake(tmp_path_factory.mktemp("figures") / "lake")
+
+
+def _planted(n_rows: int = 20_000, n_cols: int = 64, k_rows: int = 12, k_cols: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, k_rows, n_rows)
+    cols = rng.integers(0, k_cols, n_cols)
+    values = rng.integers(-4, 5, (k_rows, k_cols)).astype(float)
+    return values[rows][:, cols], rows, cols, values
+
+
+def test_map_block_averages_20000_rows_within_clusters() -> None:
+    matrix, rows, cols, values = _planted()
+    drawn = block_average_map(matrix, rows, cols, max_rows=600, max_cols=400, standardize=False)
+    assert 12 <= drawn.image.shape[0] <= 600 and drawn.image.shape[1] == 64
+    # no bin straddles a boundary, so every bin holds exactly its block's planted value
+    np.testing.assert_array_equal(drawn.image, values[drawn.row_clusters][:, drawn.col_clusters])
+    assert drawn.row_boundaries.size == 11 and drawn.col_boundaries.size == 3
+    assert np.all(np.diff(drawn.row_clusters) >= 0)
+    # bins are shared out by cluster size
+    sizes = np.bincount(rows)
+    bins = np.bincount(drawn.row_clusters)
+    assert np.all(np.abs(bins - sizes * 600 / rows.size) <= 1)
+
+
+def test_map_figure_draws_the_image_and_boundaries(tmp_path) -> None:
+    matrix, rows, cols, _ = _planted(seed=1)
+    fig, drawn = bicluster_map_figure(matrix, rows, cols, "planted", flagged_rows=frozenset({3}))
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), drawn.image)
+    assert len(ax.lines) == drawn.row_boundaries.size + drawn.col_boundaries.size == 11 + 3
+    assert "3 (position)" in [label.get_text() for label in ax.get_yticklabels()]
+    png, svg = save_figure(fig, tmp_path / "map")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+def test_map_rejects_mismatched_labels() -> None:
+    with pytest.raises(ValueError, match=r"matrix of shape \(4, 3\) does not match 5 row labels and 3 column labels"):
+        block_average_map(np.zeros((4, 3)), np.zeros(5), np.zeros(3))
+
+
+def test_emergence_figure_one_line_per_model_and_drop_first(lake) -> None:
+    curves = run_query(lake, "emergence_curves", {"drop_first": None})
+    fig = emergence_figure(curves)
+    ax_r2, ax_z, ax_spec = fig.axes[0], fig.axes[2], fig.axes[1]
+    labels = sorted(line.get_label() for line in ax_r2.lines)
+    assert labels == ["large drop_first=0", "small drop_first=0", "small drop_first=1"]
+    assert len(ax_spec.lines) == 3 and len(ax_z.lines) == 3
+    large = next(line for line in ax_r2.lines if line.get_label() == "large drop_first=0")
+    assert list(large.get_xdata()) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert list(large.get_ydata()) == curves.filter((pl.col("model") == "large"))["r2"].to_list()
+
+
+def test_grid_figure_marks_the_selected_point(lake) -> None:
+    grid = run_query(lake, "grid_surface", {"model": "small", "layer": 1})
+    fig = grid_figure(grid, "small 1")
+    for ax, column in zip(fig.axes[:2], ("r2", "z"), strict=True):
+        texts = sorted(text.get_text() for text in ax.texts)
+        assert texts == sorted(f"{value:.3g}" for value in grid[column])
+        (box,) = ax.patches
+        # selected (4, 2): row_k index 1 of [2, 4], col_k index 0 of [2, 3]
+        assert box.get_xy() == (-0.5, 0.5)
+
+
+def test_null_figure_marks_the_observed_value() -> None:
+    null = np.random.default_rng(0).normal(0.1, 0.01, 500)
+    fig = null_figure(null, 0.2)
+    ax = fig.axes[0]
+    assert ax.lines[0].get_xdata()[0] == 0.2
+    assert sum(patch.get_height() for patch in ax.patches) == 500
+    z = (0.2 - null.mean()) / null.std(ddof=1)
+    assert f"Z = {z:.1f}" in ax.get_legend().get_texts()[1].get_text()
+
+
+def test_family_flow_one_panel_per_model(lake) -> None:
+    found = lake_families(lake)[("resid", "biclustering", 0)]
+    fig = family_flow_figure(found)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["large", "small"]
+    texts = " ".join(text.get_text() for ax in fig.axes for text in ax.texts)
+    assert "small/F1 split" in texts and "large/F2 merge" in texts and "[position]" in texts
+
+
+def test_block_r2_and_null_on_planted_blocks() -> None:
+    matrix, rows, cols, _ = _planted(n_rows=2000, n_cols=32, seed=2)
+    noisy = matrix + np.random.default_rng(3).normal(0, 1, matrix.shape)
+    null, observed = label_shuffle_null(noisy, rows, cols, n_permutations=50, seed=0)
+    assert observed == pytest.approx(block_r2(noisy, rows, cols))
+    # direct block-mean R^2
+    fitted = np.zeros_like(noisy)
+    for i in np.unique(rows):
+        for j in np.unique(cols):
+            block = np.ix_(rows == i, cols == j)
+            fitted[block] = noisy[block].mean()
+    direct = 1 - ((noisy - fitted) ** 2).sum() / ((noisy - noisy.mean()) ** 2).sum()
+    assert observed == pytest.approx(direct, rel=1e-9)
+    assert observed > 0.5 and null.max() < 0.05

@@ -1,0 +1,301 @@
+"""The bicluster stage: one lake partition of activations in, its labels and metrics out.
+
+This is the pure-library half of ``flows/bicluster.py``: no Prefect here. One call
+handles one (model, site, layer) partition:
+
+1. read the layer (:meth:`tnb.lake.Lake.read_layer`) and its ``pos`` column;
+2. leave out the first ``drop_first`` positions of every sequence (their ``seq_pos``
+   comes from the ``tokens`` table of the stream the ``models`` table links the model to);
+3. prepare it (|z| per neuron, :func:`tnb.prepare.prepare`);
+4. run the grid search (:func:`tnb.bicluster.grid_search`);
+5. write ``labels`` then ``metrics`` through the lake's atomic writer.
+
+The partition's config (every parameter below plus the code version) is stored in each
+partition's manifest. A partition whose ``metrics`` and ``labels`` are both complete with
+the same config is skipped; one made with another config is an error (the lake refuses
+to mix them) unless ``overwrite``. ``metrics`` is written last, so a crash after
+``labels`` leaves ``metrics`` missing and the partition is redone on the next run.
+Everything is seeded, so a redo gives the same numbers (``seconds`` aside).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tnb import __version__
+from tnb.errors import LakeError, TnbError
+from tnb.lake import Lake, PartitionKey, partition_key
+from tnb.schemas import LABELS, METRICS
+
+__all__ = [
+    "BiclusterParams",
+    "PartitionOutcome",
+    "bicluster_partition",
+    "is_done",
+    "drop_first_mask",
+    "layer_partitions",
+    "output_keys",
+]
+
+METHODS = ("biclustering", "coclustering")
+STATISTICS = ("r2", "mean_block_mean")
+SELECTION_RULES = ("z", "adjusted_r2", "r2")
+NULLS = ("label_shuffle", "refit")
+
+
+class StageError(TnbError):
+    """Bad bicluster-stage parameters, or a layer too small for them."""
+
+
+@dataclass(frozen=True)
+class BiclusterParams:
+    """Everything that decides a bicluster partition's contents (its config, with the code version)."""
+
+    method: str = "biclustering"  # Kluger's spectral biclustering (the study's) or "coclustering"
+    row_ks: tuple[int, ...] = (6, 9, 12)  # token-cluster counts of the grid
+    col_ks: tuple[int, ...] = (6, 9, 12)  # neuron-cluster counts of the grid
+    n_permutations: int = 1000  # label shuffles of the permutation null
+    statistic: str = "r2"  # what Z tests: block-mean R^2, or the study's "mean_block_mean"
+    selection: str = "z"  # rule marking the selected grid point: "z", "adjusted_r2" or the study's "r2"
+    null: str = "label_shuffle"  # or "refit" (stricter, n_refits grid fits)
+    n_refits: int = 10  # refits of the "refit" null
+    seed: int = 0  # random_state of SVD, k-means and shuffles
+    drop_first: int = 0  # leading positions of every sequence left out of the matrix
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more grid_search keyword arguments
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "row_ks", tuple(int(k) for k in self.row_ks))
+        object.__setattr__(self, "col_ks", tuple(int(k) for k in self.col_ks))
+        object.__setattr__(self, "extra", dict(self.extra))
+        for name, value, choices in (
+            ("method", self.method, METHODS),
+            ("statistic", self.statistic, STATISTICS),
+            ("selection", self.selection, SELECTION_RULES),
+            ("null", self.null, NULLS),
+        ):
+            if value not in choices:
+                raise StageError(f"{name} should be one of {', '.join(choices)}. Got {value!r} instead.")
+        if not self.row_ks or not self.col_ks or min(self.row_ks + self.col_ks) < 2:
+            raise StageError(f"every k should be >= 2. Got row_ks={self.row_ks}, col_ks={self.col_ks} instead.")
+        if self.n_permutations < 2:
+            raise StageError(f"n_permutations should be >= 2. Got {self.n_permutations} instead.")
+        if self.seed < 0:
+            raise StageError(f"seed should be >= 0. Got {self.seed} instead.")
+        if self.drop_first < 0:
+            raise StageError(f"drop_first should be >= 0. Got {self.drop_first} instead.")
+
+    def config(self) -> dict[str, Any]:
+        """The partition config: every parameter plus the code version (JSON-ready)."""
+        config = asdict(self)
+        config["row_ks"] = list(self.row_ks)
+        config["col_ks"] = list(self.col_ks)
+        config["extra"] = dict(sorted(self.extra.items()))
+        config["code_version"] = __version__
+        return config
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> BiclusterParams:
+        """Inverse of :meth:`config` (the code version is ignored)."""
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    """What :func:`bicluster_partition` did for one layer."""
+
+    model: str
+    site: str
+    layer: int
+    status: str  # "written" or "skipped"
+    seconds: float  # wall time of the call
+    n_tokens: int = 0
+    n_neurons: int = 0
+    selected: tuple[int, int] | None = None  # (row_k, col_k) of the selected point, when written
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def output_keys(model: str, site: str, layer: int, method: str, drop_first: int) -> tuple[PartitionKey, PartitionKey]:
+    """The ``labels`` and ``metrics`` partitions one layer's biclustering writes."""
+    values = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first}
+    return partition_key("labels", **values), partition_key("metrics", **values)
+
+
+def layer_partitions(
+    lake: Lake,
+    models: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+) -> list[tuple[str, str, int]]:
+    """Every complete activations partition, as (model, site, layer), filtered and sorted.
+
+    Raises
+    ------
+    LakeError
+        When nothing matches (naming what the lake has), or a named model has no activations.
+    """
+    found = [
+        (str(v["model"]), str(v["site"]), int(v["layer"]))
+        for v in (key.as_dict() for key in lake.partitions("activations"))
+    ]
+    if models:
+        missing = sorted(set(models) - {m for m, _, _ in found})
+        if missing:
+            have = sorted({m for m, _, _ in found}) or "none"
+            raise LakeError(f"no activations for model(s) {missing} in {lake.root} (it has {have}); run extract first")
+        found = [p for p in found if p[0] in set(models)]
+    if sites:
+        found = [p for p in found if p[1] in set(sites)]
+    if layers is not None:
+        found = [p for p in found if p[2] in set(layers)]
+    if not found:
+        raise LakeError(
+            f"no activations partitions in {lake.root} match models={list(models or [])} sites={list(sites or [])} "
+            f"layers={None if layers is None else list(layers)}; run extract first"
+        )
+    return sorted(found)
+
+
+def _seq_pos_of(lake: Lake, model: str, pos: np.ndarray) -> np.ndarray:
+    """``seq_pos`` of each activation row, from the token stream the model is aligned to."""
+    models_table = lake.read(partition_key("models", model=model), columns=["stream"])
+    stream = models_table.column("stream")[0].as_py()
+    tokens = lake.read(partition_key("tokens", stream=stream), columns=["pos", "seq_pos"])
+    token_pos = tokens.column("pos").to_numpy()
+    seq_pos = tokens.column("seq_pos").to_numpy()
+    order = np.argsort(token_pos, kind="stable")
+    token_pos, seq_pos = token_pos[order], seq_pos[order]
+    where = np.searchsorted(token_pos, pos)
+    if np.any(where >= token_pos.size) or np.any(token_pos[np.minimum(where, token_pos.size - 1)] != pos):
+        raise LakeError(f"activations of {model} have positions missing from token stream {stream}; re-run extract")
+    return seq_pos[where]
+
+
+def drop_first_mask(seq_pos: np.ndarray, drop_first: int) -> np.ndarray:
+    """Rows to keep: those at position ``drop_first`` or later in their sequence.
+
+    >>> drop_first_mask(np.array([0, 1, 2, 0, 1]), 1).tolist()
+    [False, True, True, False, True]
+    """
+    return np.asarray(seq_pos) >= drop_first
+
+
+def _read_matrix(lake: Lake, model: str, site: str, layer: int, drop_first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layer as (matrix of shape (n_kept, n_neurons), pos of each kept row)."""
+    matrix = lake.read_layer(model, site, layer)
+    pos = np.sort(lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
+                  .column("pos").to_numpy())
+    if drop_first:
+        keep = drop_first_mask(_seq_pos_of(lake, model, pos), drop_first)
+        matrix, pos = matrix[keep], pos[keep]
+    return matrix, pos.astype(np.int32)
+
+
+def _metrics_table(results: Sequence[Any]) -> pa.Table:
+    rows = [{**result.metrics_row(), "code_version": __version__} for result in results]
+    return pa.Table.from_pylist(rows, schema=METRICS)
+
+
+def _labels_table(results: Sequence[Any], pos: np.ndarray) -> pa.Table:
+    pieces = [pa.table(result.labels_columns(pos), schema=LABELS) for result in results]
+    return pa.concat_tables(pieces).combine_chunks()
+
+
+def is_done(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> bool:
+    """Whether a layer's ``labels`` and ``metrics`` are both complete with ``params``.
+
+    Raises
+    ------
+    LakeError
+        When either was made with another config.
+    """
+    config = params.config()
+    labels_key, metrics_key = output_keys(model, site, layer, params.method, params.drop_first)
+    # both checked, so an output made with another config is always reported
+    done = [lake.is_complete(labels_key, config), lake.is_complete(metrics_key, config)]
+    return all(done)
+
+
+def bicluster_partition(
+    lake: Lake,
+    model: str,
+    site: str,
+    layer: int,
+    params: BiclusterParams | None = None,
+    *,
+    overwrite: bool = False,
+) -> PartitionOutcome:
+    """Bicluster one layer over the whole grid and publish its ``labels`` and ``metrics``.
+
+    Parameters
+    ----------
+    lake : Lake
+    model, site, layer
+        The activations partition to read.
+    params : BiclusterParams, optional
+        Grid, method, permutations, statistic, selection rule, seed, drop_first (defaults:
+        the study's grid {6, 9, 12}^2, 1,000 permutations, selection by Z, seed 0, drop_first 0).
+    overwrite : bool
+        Redo the partition even when it is complete.
+
+    Returns
+    -------
+    PartitionOutcome
+        ``status="skipped"`` when both output partitions were complete with this config.
+
+    Raises
+    ------
+    LakeError
+        The activations partition is missing, or the outputs were made with another config.
+    StageError
+        The layer has too few rows or neurons for the grid (after ``drop_first``).
+    """
+    from tnb.bicluster import grid_search
+    from tnb.prepare import prepare
+
+    params = params or BiclusterParams()
+    start = time.perf_counter()
+    config = params.config()
+    labels_key, metrics_key = output_keys(model, site, layer, params.method, params.drop_first)
+    if not overwrite and is_done(lake, model, site, layer, params):
+        return PartitionOutcome(model, site, layer, "skipped", time.perf_counter() - start)
+
+    matrix, pos = _read_matrix(lake, model, site, layer, params.drop_first)
+    if matrix.shape[0] <= max(params.row_ks) or matrix.shape[1] <= max(params.col_ks):
+        raise StageError(
+            f"{model} {site} layer {layer} has {matrix.shape[0]} tokens x {matrix.shape[1]} neurons after "
+            f"drop_first={params.drop_first}; the grid needs more than {max(params.row_ks)} tokens and "
+            f"{max(params.col_ks)} neurons"
+        )
+    try:
+        results = grid_search(
+            prepare(matrix),
+            params.row_ks,
+            params.col_ks,
+            method=params.method,
+            n_permutations=params.n_permutations,
+            random_state=params.seed,
+            statistic=params.statistic,
+            selection=params.selection,
+            null=params.null,
+            n_refits=params.n_refits,
+            **params.extra,
+        )
+    except ValueError as error:
+        raise StageError(f"{model} {site} layer {layer}: {error}") from None
+    # labels first: metrics is the partition's completion marker for the pipeline
+    lake.write_table(labels_key, _labels_table(results, pos), config, overwrite=True)
+    lake.write_table(metrics_key, _metrics_table(results), config, overwrite=True)
+    chosen = next(r for r in results if r.selected)
+    return PartitionOutcome(
+        model, site, layer, "written", time.perf_counter() - start,
+        n_tokens=int(matrix.shape[0]), n_neurons=int(matrix.shape[1]), selected=(chosen.row_k, chosen.col_k),
+    )

@@ -30,6 +30,8 @@ def configure() -> None:
     os.environ["DO_NOT_TRACK"] = "1"
     for name, value in _DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # Prefect creates its home without parents and, failing, cannot open its database
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 configure()

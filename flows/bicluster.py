@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tnb.bicluster_stage import BiclusterParams, bicluster_partition, layer_partitions
+from tnb.bicluster_stage import BiclusterParams, bicluster_partition, is_done, layer_partitions
 from tnb.lake import Lake
 
 
@@ -56,10 +56,17 @@ def _blas_threads(n_threads: int | None) -> Iterator[None]:
 
 @task(name="list-partitions", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def list_partitions_task(
-    lake: str, models: list[str] | None, sites: list[str] | None, layers: list[int] | None
-) -> list[tuple[str, str, int]]:
-    """The activations partitions to bicluster (lake I/O only, hence the retries)."""
-    return layer_partitions(Lake(lake), models, sites, layers)
+    lake: str, models: list[str] | None, sites: list[str] | None, layers: list[int] | None, params: dict[str, Any]
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """The activations partitions to bicluster, and those of them still to do (lake I/O only, hence retries).
+
+    A partition made with another config raises here, before any cluster starts.
+    """
+    the_lake = Lake(lake)
+    bicluster_params = BiclusterParams.from_mapping(params)
+    partitions = layer_partitions(the_lake, models, sites, layers)
+    pending = [p for p in partitions if not is_done(the_lake, *p, bicluster_params)]
+    return partitions, pending
 
 
 @task(
@@ -192,8 +199,22 @@ def bicluster_flow(
         method=method, row_ks=tuple(row_ks), col_ks=tuple(col_ks), n_permutations=n_permutations,
         statistic=statistic, selection=selection, seed=seed, drop_first=drop_first,
     )
-    partitions = list_partitions_task(lake, models, sites, layers)
-    runner, blas_threads = make_task_runner(len(partitions), dask_address, n_workers, serial)
+    partitions, pending = list_partitions_task(lake, models, sites, layers, params.config())
+    todo = partitions if overwrite else pending
+    if not todo:
+        print(f"all {len(partitions)} partitions already complete; nothing to bicluster")
+        serial = True  # no cluster to start for tasks that only confirm the skip
+    runner, blas_threads = make_task_runner(len(todo), dask_address, n_workers, serial)
+    print(f"biclustering {len(todo)} of {len(partitions)} partitions on {_describe(runner, blas_threads)}")
     return _bicluster_partitions.with_options(task_runner=runner)(
         lake, [tuple(p) for p in partitions], params.config(), overwrite, blas_threads
     )
+
+
+def _describe(runner: Any, blas_threads: int | None) -> str:
+    if isinstance(runner, ThreadPoolTaskRunner):
+        return "this process, one partition at a time"
+    if getattr(runner, "address", None) is None:
+        kwargs = runner.cluster_kwargs
+        return f"a local Dask cluster: {kwargs['n_workers']} workers x 1 thread, BLAS {blas_threads} thread(s) each"
+    return f"the Dask cluster at {getattr(runner, 'address', '?')}"

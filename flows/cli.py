@@ -1,0 +1,251 @@
+"""``tnb run``, ``tnb bicluster`` and ``tnb server``: the orchestrated commands.
+
+``tnb.cli`` calls :func:`register` to add them. Which Prefect API a command talks to
+(:func:`prefect_api`):
+
+1. ``PREFECT_API_URL`` when set (a server you run, or Prefect Cloud);
+2. else a Prefect server answering on http://127.0.0.1:4200 (what ``tnb server`` starts),
+   so the runs appear in its UI;
+3. else one temporary server for the whole command, shared by the Dask workers, stopped
+   at exit. Prefect would otherwise start a temporary server lazily in *every* process
+   that runs a task, each Dask worker included (measured here: 3 servers and 93 s for a
+   4-task Dask flow, against 1 server and ~20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from flows import _env
+
+STARTUP_TIMEOUT_S = 180  # a 2-core machine under load needs 10-30 s; Prefect's default 20 s is too tight
+UI_HOST, UI_PORT = "127.0.0.1", 4200
+
+
+def _healthy(api_url: str, timeout: float = 0.5) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def _api_url_set(api_url: str) -> Iterator[str]:
+    """Point this process and every process it starts (Dask workers) at ``api_url``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+@contextlib.contextmanager
+def prefect_api(quiet: bool = False) -> Iterator[str]:
+    """The Prefect API for one command: configured, local UI server, or one temporary server.
+
+    Yields
+    ------
+    str
+        The API URL every flow and task of the command reports to.
+    """
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect does not create parents
+    from prefect.settings import PREFECT_API_URL
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        with _api_url_set(configured) as url:
+            yield url
+        return
+    local = f"http://{UI_HOST}:{UI_PORT}/api"
+    if _healthy(local):
+        if not quiet:
+            print(f"tnb: reporting to the Prefect server at http://{UI_HOST}:{UI_PORT} (open it to watch the run)")
+        with _api_url_set(local) as url:
+            yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    if not quiet:
+        print("tnb: starting a temporary Prefect server for this run (`tnb server` keeps one running, with a UI)")
+    server = SubprocessASGIServer()
+    server.start(timeout=STARTUP_TIMEOUT_S)
+    try:
+        with _api_url_set(server.api_url) as url:
+            yield url
+            _flush_logs()
+    finally:
+        server.stop()
+
+
+def _flush_logs() -> None:
+    """Send queued run logs before the temporary server stops (else they are lost, with a warning)."""
+    from prefect.logging.handlers import APILogHandler
+
+    with contextlib.suppress(Exception):
+        APILogHandler().flush()
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
+
+
+def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
+    from tnb.bicluster_stage import METHODS, SELECTION_RULES, STATISTICS
+
+    group = parser.add_argument_group("biclustering")
+    group.add_argument("--method", choices=METHODS, default="biclustering", help="(default: %(default)s)")
+    group.add_argument("--grid", type=int, nargs="+", default=None, metavar="K",
+                       help="row and column ks at once (default: 6 9 12)")
+    group.add_argument("--row-ks", type=int, nargs="+", default=None, metavar="K", help="token-cluster counts")
+    group.add_argument("--col-ks", type=int, nargs="+", default=None, metavar="K", help="neuron-cluster counts")
+    group.add_argument("--permutations", type=int, default=1000, help="label shuffles of the null (default: %(default)s)")
+    group.add_argument("--statistic", choices=STATISTICS, default="r2", help="what Z tests (default: %(default)s)")
+    group.add_argument("--selection", choices=SELECTION_RULES, default="z",
+                       help="rule picking each layer's grid point (default: %(default)s; 'r2' is the study's)")
+    group.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    group.add_argument("--drop-first", type=int, default=0,
+                       help="leave the first N positions of every sequence out of the matrix (default: %(default)s)")
+    where = parser.add_argument_group("where the bicluster tasks run")
+    where.add_argument("--dask-address", default=None, metavar="ADDR",
+                       help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
+    where.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core)")
+    where.add_argument("--serial", action="store_true", help="no Dask: one layer at a time in this process")
+
+
+def _bicluster_kwargs(args: argparse.Namespace) -> dict:
+    grid = args.grid or [6, 9, 12]
+    return {
+        "method": args.method,
+        "row_ks": tuple(args.row_ks or grid),
+        "col_ks": tuple(args.col_ks or grid),
+        "n_permutations": args.permutations,
+        "statistic": args.statistic,
+        "selection": args.selection,
+        "seed": args.seed,
+        "drop_first": args.drop_first,
+        "dask_address": args.dask_address,
+        "n_workers": args.workers,
+        "serial": args.serial,
+    }
+
+
+def _check_params(kwargs: dict) -> None:
+    """Validate before any server or cluster starts (errors print as one line)."""
+    from tnb.bicluster_stage import BiclusterParams
+
+    names = ("method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first")
+    BiclusterParams(**{name: kwargs[name] for name in names})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tnb.cli import _corpus_source
+    from tnb.lake import Lake
+    from tnb.models import resolve_model
+
+    models = args.model or ["minilm"]
+    for model in models:
+        resolve_model(model)
+    Lake(args.lake)
+    kwargs = _bicluster_kwargs(args)
+    _check_params(kwargs)
+    start = time.perf_counter()
+    with prefect_api():
+        from flows.pipeline import pipeline_flow
+
+        outcome = pipeline_flow(
+            lake=args.lake, models=models, corpus=_corpus_source(args), max_tokens=args.max_tokens,
+            seq_len=args.seq_len, sites=args.sites, layers=args.layers, batch_size=args.batch_size,
+            text_column=args.text_column, max_documents=args.max_documents, report_dir=args.report_dir,
+            stages=args.stages, overwrite=args.overwrite, **kwargs,
+        )
+    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
+    print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(args.lake).absolute()}")
+    if "analyze" in outcome:
+        print(f"report: {outcome['analyze']['html']}")
+    return 0
+
+
+def _cmd_bicluster(args: argparse.Namespace) -> int:
+    from tnb.lake import Lake
+
+    Lake(args.lake)
+    kwargs = _bicluster_kwargs(args)
+    _check_params(kwargs)
+    with prefect_api():
+        from flows.bicluster import bicluster_flow
+
+        outcomes = bicluster_flow(
+            lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs
+        )
+    written = sum(o["status"] == "written" for o in outcomes)
+    print(f"tnb bicluster: {written} partitions written, {len(outcomes) - written} already complete")
+    return 0
+
+
+def server_command(host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
+    """The command ``tnb server`` runs (documented in the README)."""
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    return [prefect, "server", "start", "--host", host, "--port", str(port)]
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    _env.configure()
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    command = server_command(args.host, args.port)
+    print(f"tnb: {' '.join(command)}  (analytics off; PREFECT_HOME={env['PREFECT_HOME']})")
+    print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``run``, ``bicluster`` and ``server`` to the ``tnb`` command line."""
+    from tnb.cli import _positive_int, add_corpus_args
+    from tnb.models import PRESETS, SITES
+
+    run = subparsers.add_parser("run", help="the whole study: extract -> bicluster -> report, orchestrated by Prefect")
+    add_corpus_args(run)
+    run.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
+                     help=f"{', '.join(PRESETS)}, a model directory or a hub id; repeatable (default: minilm)")
+    run.add_argument("--sites", nargs="+", choices=SITES, default=["resid"], help="(default: resid)")
+    run.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
+    run.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
+    run.add_argument("--report-dir", default="report", help="where the report goes (default: %(default)s)")
+    run.add_argument("--stages", nargs="+", choices=("extract", "bicluster", "analyze"),
+                     default=["extract", "bicluster", "analyze"], help="run only these stages")
+    _add_bicluster_args(run)
+    run.set_defaults(func=_cmd_run)
+
+    bicluster = subparsers.add_parser("bicluster", help="bicluster the activations already in the lake")
+    bicluster.add_argument("--lake", default="lake", help="lake root directory (default: %(default)s)")
+    bicluster.add_argument("--model", action="append", default=None, help="model name(s) in the lake (default: all)")
+    bicluster.add_argument("--sites", nargs="+", choices=SITES, default=None, help="(default: all in the lake)")
+    bicluster.add_argument("--layers", type=int, nargs="+", default=None, help="(default: all in the lake)")
+    bicluster.add_argument("--overwrite", action="store_true", help="redo partitions that are already complete")
+    _add_bicluster_args(bicluster)
+    bicluster.set_defaults(func=_cmd_bicluster)
+
+    server = subparsers.add_parser("server", help="start a Prefect server with its UI on 127.0.0.1 (analytics off)")
+    server.add_argument("--host", default=UI_HOST, help="(default: %(default)s)")
+    server.add_argument("--port", type=int, default=UI_PORT, help="(default: %(default)s)")
+    server.set_defaults(func=_cmd_server)

@@ -120,3 +120,9 @@ def test_block_r2_and_null_on_planted_blocks() -> None:
     direct = 1 - ((noisy - fitted) ** 2).sum() / ((noisy - noisy.mean()) ** 2).sum()
     assert observed == pytest.approx(direct, rel=1e-9)
     assert observed > 0.5 and null.max() < 0.05
+
+
+def test_map_keeps_small_clusters_visible() -> None:
+    rows = np.r_[np.zeros(19_968, dtype=int), np.ones(32, dtype=int)]  # 32 first positions among 20,000
+    drawn = block_average_map(np.zeros((rows.size, 4)), rows, np.arange(4), max_rows=600)
+    assert np.bincount(drawn.row_clusters)[1] == 32  # not the 1 bin its share of 600 rows would get

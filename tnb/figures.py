@@ -103,13 +103,15 @@ class MapImage:
 def _bins(labels: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort items by cluster and cut each cluster into bins of consecutive items.
 
-    Each cluster gets bins in proportion to its size (at least one), so no bin straddles a
-    boundary. Returns the sort order, each bin's start offset into it, and each bin's cluster.
+    Each cluster gets bins in proportion to its size, so no bin straddles a boundary; a small
+    cluster gets at least ``max_bins / (4 k)`` bins (or one per item) so it stays visible.
+    Returns the sort order, each bin's start offset into it, and each bin's cluster.
     """
     order = np.argsort(labels, kind="stable")
     clusters, sizes = np.unique(labels, return_counts=True)
     scale = min(1.0, max_bins / labels.size)
-    n_bins = np.maximum(1, np.floor(sizes * scale)).astype(int)
+    least = np.minimum(sizes, max(1, max_bins // (4 * clusters.size)))
+    n_bins = np.maximum(least, np.floor(sizes * scale)).astype(int)
     starts, bin_cluster = [], []
     offset = 0
     for cluster, size, count in zip(clusters, sizes, n_bins, strict=True):

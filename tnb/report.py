@@ -112,7 +112,10 @@ def _layer_matrix(lake: Lake, model: str, site: str, layer: int, method: str, dr
     activations = lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
     stored_pos = activations.column("pos").to_numpy()
     matrix = lake.read_layer(model, site, layer)  # rows in pos order
-    rows = np.searchsorted(np.sort(stored_pos), tokens["index"].to_numpy())
+    sorted_pos, wanted = np.sort(stored_pos), tokens["index"].to_numpy()
+    rows = np.searchsorted(sorted_pos, wanted)
+    if rows.size and (rows.max() >= sorted_pos.size or not np.array_equal(sorted_pos[rows], wanted)):
+        raise ReportError(f"labels of {model}/{site}/{layer} name positions missing from its activations; re-run bicluster")
     return matrix[rows][:, neurons["index"].to_numpy()], tokens["label"].to_numpy(), neurons["label"].to_numpy()
 
 
@@ -146,10 +149,22 @@ def keyword_in_context(
         .join(tokens.select("stream", "pos", "seq_id"), on=["stream", "pos"])
     )
     offsets = pl.LazyFrame({"offset": list(range(-width, width + 1))})
+    # GPT-2-style tokens carry their own leading space (" the"); WordPiece ones do not
+    # ("the", "##ing"): space those out and glue "##" pieces back on.
+    spaced = tokens.group_by("stream").agg((pl.col("token").str.contains(r"^\s").mean() > 0.1).alias("spaced"))
+    shown = (
+        pl.when(pl.col("spaced"))
+        .then(pl.col("token"))
+        .when(pl.col("token").str.starts_with("##"))
+        .then(pl.col("token").str.slice(2))
+        .otherwise(pl.lit(" ") + pl.col("token"))
+    )
     context = (
         centres.join(offsets, how="cross")
         .with_columns(at=pl.col("pos") + pl.col("offset"))
         .join(tokens.rename({"pos": "at", "seq_id": "at_seq"}), on=["stream", "at"])
+        .join(spaced, on="stream")
+        .with_columns(token=shown)
         .filter(pl.col("at_seq") == pl.col("seq_id"))
         .sort("offset")
         .group_by(*keys, "token_cluster", "rank", "pos")
@@ -506,7 +521,8 @@ def _cluster_sections(
                 for s in snips.iter_rows(named=True)
             )
             kwic_md = " / ".join(
-                f"…{_token_text(s['left'])}**{_token_text(s['keyword']).strip() or '␣'}**{_token_text(s['right'])}…"
+                f"…{_token_text(s['left'])}{' ' if s['keyword'][:1].isspace() else ''}"
+                f"**{_token_text(s['keyword']).strip() or '␣'}**{_token_text(s['right'])}…"
                 for s in snips.iter_rows(named=True)
             )
             spread_text = (

@@ -21,12 +21,14 @@ def tokenize_task(
     text_column: str,
     max_documents: int | None,
     overwrite: bool,
+    hub_config: str | None = None,
 ) -> str:
     """Write the (corpus, tokenizer) token stream once; returns its stream id."""
     spec = resolve_model(model)
     tokenizer_name, tokenizer = load_tokenizer(spec)
     return ensure_token_stream(
-        Lake(lake), corpus, tokenizer_name, tokenizer, max_tokens, seq_len, text_column, max_documents, overwrite
+        Lake(lake), corpus, tokenizer_name, tokenizer, max_tokens, seq_len, text_column, max_documents, overwrite,
+        hub_config,
     )
 
 
@@ -65,9 +67,10 @@ def tokenize_flow(
     text_column: str = "text",
     max_documents: int | None = None,
     overwrite: bool = False,
+    hub_config: str | None = None,
 ) -> str:
     """Ingest the corpus and write its token stream for ``model``'s tokenizer."""
-    return tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite)
+    return tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite, hub_config)
 
 
 @flow(name="tnb-extract", log_prints=True)
@@ -85,9 +88,10 @@ def extract_flow(
     text_column: str = "text",
     max_documents: int | None = None,
     progress: bool = True,
+    hub_config: str | None = None,
 ) -> dict:
     """Tokenize (once per corpus and tokenizer) and extract every requested layer of ``model``."""
-    stream = tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite)
+    stream = tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite, hub_config)
     result = extract_task(lake, model, stream, tuple(sites), layers, batch_size, dtype, overwrite, progress)
     print(f"{model}: {len(result['written'])} partitions written, {len(result['skipped'])} already complete")
     return result

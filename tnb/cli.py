@@ -37,14 +37,6 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo partitions that are already complete")
 
 
-def _corpus_source(args: argparse.Namespace) -> str | None:
-    if args.corpus_config:
-        if not args.corpus:
-            raise TnbError("--corpus-config needs --corpus (a hub dataset id)")
-        return f"{args.corpus}:{args.corpus_config}"
-    return args.corpus
-
-
 def _preflight(args: argparse.Namespace) -> None:
     """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
     from tnb.lake import Lake
@@ -52,6 +44,10 @@ def _preflight(args: argparse.Namespace) -> None:
 
     resolve_model(args.model)
     Lake(args.lake)
+    if args.seq_len > args.max_tokens:
+        raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
+    if args.corpus_config and not args.corpus:
+        raise TnbError("--corpus-config needs --corpus (a hub dataset id such as wikimedia/wikipedia)")
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -61,7 +57,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     stream = tokenize_flow(
         lake=args.lake,
         model=args.model,
-        corpus=_corpus_source(args),
+        corpus=args.corpus,
+        hub_config=args.corpus_config,
         max_tokens=args.max_tokens,
         seq_len=args.seq_len,
         text_column=args.text_column,
@@ -79,7 +76,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     result = extract_flow(
         lake=args.lake,
         model=args.model,
-        corpus=_corpus_source(args),
+        corpus=args.corpus,
+        hub_config=args.corpus_config,
         max_tokens=args.max_tokens,
         seq_len=args.seq_len,
         sites=tuple(args.site),

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tnb.errors import ModelError
+from tnb.errors import CorpusError, ModelError
 from tnb.lake import Lake, PartitionKey, partition_key
 from tnb.models import (
     SITES,
@@ -71,15 +71,25 @@ def ensure_token_stream(
     text_column: str = "text",
     max_documents: int | None = None,
     overwrite: bool = False,
+    hub_config: str | None = None,
 ) -> str:
-    """Write the token stream of (corpus, tokenizer) once; return its stream id."""
+    """Write the token stream of (corpus, tokenizer) once; return its stream id.
+
+    Sizes are checked before anything is read (``ValueError`` naming the bad value).
+    """
     from tnb.corpus import corpus_name, load_corpus
     from tnb.tokens import build_token_stream, stream_id
 
-    stream = stream_id(corpus_name(corpus), tokenizer_name, max_tokens, seq_len)
+    for name, value in (("max_tokens", max_tokens), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CorpusError(f"{name} should be an integer >= 1. Got {value!r} instead.")
+    if seq_len > max_tokens:
+        raise CorpusError(f"seq_len should be <= max_tokens={max_tokens}. Got {seq_len} instead.")
+    stream = stream_id(corpus_name(corpus, hub_config), tokenizer_name, max_tokens, seq_len)
     key = partition_key("tokens", stream=stream)
     config = {
         "corpus": corpus or "bundled:enwiki_sample",
+        "hub_config": hub_config,
         "tokenizer": tokenizer_name,
         "max_tokens": max_tokens,
         "seq_len": seq_len,
@@ -87,7 +97,7 @@ def ensure_token_stream(
         "max_documents": max_documents,
     }
     if overwrite or not lake.is_complete(key, config):
-        documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents)
+        documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
         table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
         lake.write_table(key, table, config, overwrite=True)
     return stream

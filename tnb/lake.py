@@ -424,3 +424,10 @@ class Lake:
         if pos.size > 1 and not np.all(pos[1:] > pos[:-1]):
             matrix = matrix[np.argsort(pos, kind="stable")]
         return matrix
+
+
+def tables(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
+    """Every lake table as a Polars LazyFrame, by name, for notebooks (see :func:`tnb.query.tables`)."""
+    from tnb.query import tables as query_tables  # tnb.query builds on this module
+
+    return query_tables(root)

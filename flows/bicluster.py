@@ -54,7 +54,16 @@ def _blas_threads(n_threads: int | None) -> Iterator[None]:
         yield
 
 
-@task(name="list-partitions", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def _retry_on_os_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient I/O (a flaky network mount), never a lake-state error a user must fix."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError)
+
+
+@task(
+    name="list-partitions", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_on_os_error,
+    cache_policy=NO_CACHE,
+)
 def list_partitions_task(
     lake: str, models: list[str] | None, sites: list[str] | None, layers: list[int] | None, params: dict[str, Any]
 ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:

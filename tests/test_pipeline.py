@@ -1,0 +1,309 @@
+"""The orchestrated pipeline end to end: Prefect flows, Dask (local and a real cluster), crash-resume.
+
+One Prefect test server for the session (``prefect_test_harness``); its URL is also put in
+the environment so Dask workers and subprocesses report to it instead of each starting a
+temporary server of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import flows  # noqa: F401  (Prefect defaults before prefect is imported)
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tests.conftest import lake_snapshot
+from tnb.bicluster_stage import BiclusterParams, bicluster_partition, drop_first_mask, output_keys
+from tnb.errors import LakeError
+from tnb.lake import Lake, partition_key
+
+GRID = (2, 3)
+PARAMS = {"row_ks": GRID, "col_ks": GRID, "n_permutations": 50, "seed": 0}
+N_TOKENS, SEQ_LEN = 512, 64
+METRIC_KEYS = ["model", "site", "layer", "method", "drop_first", "row_k", "col_k"]
+LABEL_KEYS = [*METRIC_KEYS, "axis", "index"]
+INPUT_TABLES = ("tokens", "models", "activations")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect test server for every test here; its URL in the env for child processes."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    previous = os.environ.get("PREFECT_API_URL")
+    with prefect_test_harness(server_startup_timeout=180):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        yield os.environ["PREFECT_API_URL"]
+    if previous is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = previous
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(prefect_server: str, tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The whole pipeline, serial, on a tiny random GPT-2 and the real GPT-2 tokenizer."""
+    from flows.pipeline import pipeline_flow
+
+    base = tmp_path_factory.mktemp("pipeline")
+    outcome = pipeline_flow(
+        lake=str(base / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=N_TOKENS, seq_len=SEQ_LEN,
+        serial=True, report_dir=str(base / "report"), progress=False, **PARAMS,
+    )
+    return {"lake": Lake(base / "lake"), "report": base / "report", "outcome": outcome}
+
+
+def _copy_inputs(source: Lake, target: Path) -> Lake:
+    """A new lake holding only the source's extracted inputs (no labels or metrics)."""
+    for table in INPUT_TABLES:
+        shutil.copytree(source.root / table, target / table)
+    return Lake(target)
+
+
+def _metrics(lake: Lake) -> pl.DataFrame:
+    return lake.scan("metrics").drop("seconds").collect().sort(METRIC_KEYS)
+
+
+def _labels(lake: Lake) -> pl.DataFrame:
+    return lake.scan("labels").collect().sort(LABEL_KEYS)
+
+
+def _bicluster(lake: Lake, **kwargs) -> list[dict]:
+    from flows.bicluster import bicluster_flow
+
+    return bicluster_flow(lake=str(lake.root), **PARAMS, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_pipeline_end_to_end(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:
+    lake, outcome = pipeline_run["lake"], pipeline_run["outcome"]
+    assert set(outcome["seconds"]) == {"extract", "bicluster", "analyze"}
+    metrics = lake.scan("metrics").collect()
+    required = {"model", "site", "layer", "method", "row_k", "col_k", "r2", "adjusted_r2", "z", "p", "spec_mean"}
+    assert required <= set(metrics.columns)
+    # 3 resid layers (embeddings + 2 blocks) x 4 grid points, one selected per layer
+    assert metrics.height == 3 * len(GRID) ** 2
+    assert sorted(metrics["layer"].unique()) == [0, 1, 2]
+    assert metrics.group_by("layer").agg(pl.col("selected").sum())["selected"].to_list() == [1, 1, 1]
+    assert metrics["r2"].is_between(0, 1).all() and metrics["n_permutations"].unique().to_list() == [50]
+    assert metrics["n_tokens"].unique().to_list() == [N_TOKENS]
+    assert set(metrics["selection_rule"]) == {"z"} and set(metrics["code_version"]) == {__import__("tnb").__version__}
+    labels = lake.scan("labels").collect()
+    tokens = labels.filter(pl.col("axis") == "token")
+    neurons = labels.filter(pl.col("axis") == "neuron")
+    assert tokens.height == 3 * 4 * N_TOKENS and neurons.height == 3 * 4 * 32
+    assert sorted(tokens.filter((pl.col("layer") == 1) & (pl.col("row_k") == 3) & (pl.col("col_k") == 2))["index"]) == list(range(N_TOKENS))
+    assert (tokens["label"] < tokens["row_k"]).all() and (neurons["label"] < neurons["col_k"]).all()
+    # the selected point's labels reproduce its R^2 from the raw activations
+    from tnb.metrics import block_r2
+    from tnb.prepare import prepare
+
+    row = metrics.filter((pl.col("layer") == 2) & pl.col("selected")).row(0, named=True)
+    point = labels.filter((pl.col("layer") == 2) & (pl.col("row_k") == row["row_k"]) & (pl.col("col_k") == row["col_k"]))
+    row_labels = point.filter(pl.col("axis") == "token").sort("index")["label"].to_numpy()
+    col_labels = point.filter(pl.col("axis") == "neuron").sort("index")["label"].to_numpy()
+    matrix = prepare(lake.read_layer(row["model"], "resid", 2)).matrix
+    assert block_r2(matrix, row_labels, col_labels) == pytest.approx(row["r2"], abs=1e-6)
+    # analyze stage: the report and the artifacts
+    assert (pipeline_run["report"] / "index.html").exists()
+    assert (pipeline_run["report"] / "figures" / "emergence.png").exists()
+    assert set(outcome["analyze"]["artifacts"]) == {"tnb-metrics", "tnb-emergence", "tnb-report", "tnb-top-tokens"}
+
+
+def test_artifacts_are_on_the_server(pipeline_run: dict) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tnb-metrics", "tnb-top-tokens"])))
+    by_key = {artifact.key: artifact for artifact in found}
+    assert {"tnb-metrics", "tnb-top-tokens"} <= set(by_key)
+    assert "| model |" in by_key["tnb-metrics"].data and "r2" in by_key["tnb-metrics"].data
+
+
+def test_rerun_skips_everything_and_changes_nothing(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:
+    lake = pipeline_run["lake"]
+    before = lake_snapshot(lake.root)
+    outcomes = _bicluster(lake, serial=True)
+    assert [o["status"] for o in outcomes] == ["skipped"] * 3
+    assert lake_snapshot(lake.root) == before
+
+
+def test_other_config_is_refused_not_mixed(pipeline_run: dict) -> None:
+    from flows.bicluster import bicluster_flow
+
+    lake = pipeline_run["lake"]
+    before = lake_snapshot(lake.root)
+    with pytest.raises(LakeError, match=r"another config \(seed: 0 in lake vs 1 now\)"):
+        bicluster_flow(lake=str(lake.root), row_ks=GRID, col_ks=GRID, n_permutations=50, seed=1, serial=True)
+    assert lake_snapshot(lake.root) == before
+
+
+# ----------------------------------------------------------------------------- Dask
+@pytest.mark.slow
+def test_local_dask_cluster_matches_serial(pipeline_run: dict, tmp_path: Path) -> None:
+    lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
+    outcomes = _bicluster(lake, n_workers=2)
+    assert [o["status"] for o in outcomes] == ["written"] * 3
+    assert_frame_equal(_metrics(lake), _metrics(pipeline_run["lake"]))
+    assert_frame_equal(_labels(lake), _labels(pipeline_run["lake"]))
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_real_dask_scheduler_and_two_workers(pipeline_run: dict, tmp_path: Path, prefect_server: str) -> None:
+    from distributed import Client
+
+    dask = str(Path(sys.executable).parent / "dask")
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               OMP_NUM_THREADS="1")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], env)]
+    try:
+        for _ in range(2):
+            processes.append(_start([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                                     "--dashboard-address", ":0", "--no-nanny"], env))
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=90)
+                    pids = set(client.run(os.getpid).values())
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert len(pids) == 2 and os.getpid() not in pids
+        lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
+        outcomes = _bicluster(lake, dask_address=address)
+        assert [o["status"] for o in outcomes] == ["written"] * 3
+        assert_frame_equal(_metrics(lake), _metrics(pipeline_run["lake"]))
+        assert_frame_equal(_labels(lake), _labels(pipeline_run["lake"]))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# ----------------------------------------------------------------------------- crash and resume
+_CHILD = """
+import sys
+import flows
+from flows.bicluster import bicluster_flow
+bicluster_flow(lake=sys.argv[1], row_ks=(2, 3), col_ks=(2, 3), n_permutations=50, seed=0, serial=True)
+"""
+
+
+def test_kill_9_mid_bicluster_then_rerun(pipeline_run: dict, tmp_path: Path, prefect_server: str) -> None:
+    lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CHILD), str(lake.root)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        # kill it as soon as the first layer is published, i.e. in the middle of the second
+        while not lake.partitions("metrics") and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, "the child finished or failed before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    done = lake.partitions("metrics")
+    assert 1 <= len(done) < 3, f"expected a partial lake after kill -9, got {len(done)} metrics partitions"
+    outcomes = _bicluster(lake, serial=True)
+    assert sorted(o["status"] for o in outcomes).count("skipped") == len(done)
+    metrics, labels = _metrics(lake), _labels(lake)
+    assert metrics.select(METRIC_KEYS).is_duplicated().sum() == 0
+    assert labels.select(LABEL_KEYS).is_duplicated().sum() == 0
+    assert_frame_equal(metrics, _metrics(pipeline_run["lake"]))
+    assert_frame_equal(labels, _labels(pipeline_run["lake"]))
+    assert not [p for p in (lake.root / "_staging").iterdir()], "staged files of the killed run were not cleaned"
+
+
+# ----------------------------------------------------------------------------- the stage alone
+def test_drop_first_leaves_out_leading_positions(pipeline_run: dict, tmp_path: Path) -> None:
+    lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
+    model = pipeline_run["outcome"]["extract"][0]["model"]
+    params = BiclusterParams(row_ks=GRID, col_ks=GRID, n_permutations=20, drop_first=1)
+    outcome = bicluster_partition(lake, model, "resid", 1, params)
+    n_sequences = -(-N_TOKENS // SEQ_LEN)
+    assert outcome.status == "written" and outcome.n_tokens == N_TOKENS - n_sequences
+    labels_key, metrics_key = output_keys(model, "resid", 1, "biclustering", 1)
+    tokens = lake.read(labels_key).to_pandas().query("axis == 'token'")
+    stream = lake.read(partition_key("models", model=model)).column("stream")[0].as_py()
+    seq_pos = dict(zip(*lake.read(partition_key("tokens", stream=stream), columns=["pos", "seq_pos"]).to_pydict().values()))
+    assert {seq_pos[p] for p in tokens["index"]} == set(range(1, SEQ_LEN))
+    assert lake.read(metrics_key).column("n_tokens").to_pylist() == [N_TOKENS - n_sequences] * 4
+    assert drop_first_mask(np.array([0, 1, 2, 0]), 2).tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "kmeans"}, "method should be one of biclustering, coclustering. Got 'kmeans'"),
+        ({"row_ks": (1, 3)}, "every k should be >= 2"),
+        ({"selection": "max"}, "selection should be one of z, adjusted_r2, r2. Got 'max'"),
+        ({"drop_first": -1}, "drop_first should be >= 0. Got -1"),
+        ({"n_permutations": 1}, "n_permutations should be >= 2. Got 1"),
+    ],
+)
+def test_bad_parameters_name_the_value(kwargs: dict, match: str) -> None:
+    from tnb.bicluster_stage import StageError
+
+    with pytest.raises(StageError, match=match):
+        BiclusterParams(**kwargs)
+
+
+def test_missing_activations_is_one_clear_error(tmp_path: Path) -> None:
+    from tnb.bicluster_stage import layer_partitions
+
+    with pytest.raises(LakeError, match="run extract first"):
+        layer_partitions(Lake(tmp_path / "empty"), ["gpt2"])
+
+
+def test_cli_parses_run_and_bicluster() -> None:
+    from tnb.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--lake", "x", "--model", "gpt2", "--model", "gpt2-xl", "--grid", "6", "9",
+                              "--permutations", "10", "--dask-address", "tcp://h:8786", "--drop-first", "1"])
+    assert args.model == ["gpt2", "gpt2-xl"] and args.grid == [6, 9] and args.dask_address == "tcp://h:8786"
+    from flows.cli import _bicluster_kwargs
+
+    kwargs = _bicluster_kwargs(args)
+    assert kwargs["row_ks"] == (6, 9) and kwargs["col_ks"] == (6, 9) and kwargs["drop_first"] == 1
+    args = parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"])
+    assert _bicluster_kwargs(args)["col_ks"] == (4,) and args.serial

@@ -202,7 +202,7 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
 def server_command(host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
     """The command ``tnb server`` runs (documented in the README)."""
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    return [prefect, "server", "start", "--host", host, "--port", str(port)]
+    return [prefect, "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
 
 
 def _cmd_server(args: argparse.Namespace) -> int:

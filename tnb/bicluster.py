@@ -63,7 +63,7 @@ from tnb.metrics import (
     STATISTICS,
     adjusted_r2,
     cluster_specialization,
-    permutation_test,
+    permutation_tests,
     specialization_summary,
     statistic_from_sums,
     total_sum_of_squares,
@@ -609,7 +609,8 @@ class BiclusterResult:
         Mean over neurons of the specialization over this point's token clusters.
     seconds : float
         This point's own fitting and scoring time plus an equal share of the
-        shared steps (normalization, SVD, piecewise fits, refits).
+        shared steps (normalization, SVD, piecewise fits, the permutation
+        null, which is run for the whole grid at once, refits).
     seed : int
         The ``random_state`` the whole grid ran with.
     selected : bool
@@ -917,31 +918,37 @@ def grid_search(
     )
     start = time.perf_counter()
     moments = total_sum_of_squares(X)
-    spec_mean, spec_median = specialization_summary(X) if X.min() >= 0 else (float("nan"), float("nan"))
+    nonnegative = bool(X.min() >= 0)
+    spec_mean, spec_median = specialization_summary(X) if nonnegative else (float("nan"), float("nan"))
     observed = _observed_statistics(X, fits, statistic, moments)
     if null == "refit":
         refits = _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings)
+        nulls = {pair: (*_z_from_values(observed[pair][1], refits[pair]), n_refits) for pair in pairs}
+    else:
+        # One call for the whole grid: the row permutations are drawn once and shared.
+        tests = permutation_tests(
+            X,
+            [fits[pair][:2] for pair in pairs],
+            statistic=statistic,
+            n_permutations=n_permutations,
+            n_column_shuffles=n_column_shuffles,
+            random_state=np.random.SeedSequence(seed, spawn_key=(0,)),
+            moments=moments,
+        )
+        nulls = {pair: (t.z, t.p, t.null_mean, t.null_sd, t.n_permutations) for pair, t in zip(pairs, tests)}
     shared_seconds += time.perf_counter() - start
 
     results = []
-    for index, pair in enumerate(pairs):
+    for pair in pairs:
         start = time.perf_counter()
         row_labels, col_labels, fit_seconds = fits[pair]
         r2, value, n_blocks = observed[pair]
-        if null == "label_shuffle":
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, index)))
-            test = permutation_test(
-                X, row_labels, col_labels, statistic=statistic, n_permutations=n_permutations,
-                n_column_shuffles=n_column_shuffles, random_state=rng, moments=moments,
-            )
-            z, p, null_mean, null_sd, n_draws = test.z, test.p, test.null_mean, test.null_sd, test.n_permutations
-        else:
-            z, p, null_mean, null_sd = _z_from_values(value, refits[pair])
-            n_draws = n_refits
-        spec = cluster_specialization(X, row_labels) if X.min() >= 0 else np.full(X.shape[1], np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            cluster_spec_mean = float(np.nanmean(spec)) if not np.all(np.isnan(spec)) else float("nan")
+        z, p, null_mean, null_sd, n_draws = nulls[pair]
+        cluster_spec_mean = float("nan")
+        if nonnegative:
+            spec = cluster_specialization(X, row_labels)
+            if not np.all(np.isnan(spec)):
+                cluster_spec_mean = float(np.nanmean(spec))
         point_seconds = fit_seconds + time.perf_counter() - start
         results.append(
             BiclusterResult(

@@ -13,11 +13,13 @@ row-cluster reduction of that small matrix.
 
 The label-shuffle null keeps every cluster's size: row labels and column labels
 are permuted. Row shuffles are applied to the precomputed column-cluster sums
-(O(tokens x col_k) per permutation); column shuffles need a pass over the whole
-matrix, so a pool of ``n_column_shuffles`` of them is computed in one GEMM and
-permutation ``i`` pairs a fresh row shuffle with column shuffle
-``i % n_column_shuffles``. ``n_column_shuffles = n_permutations`` gives fully
-independent shuffles at O(tokens x neurons) each.
+(O(tokens x col_k) per permutation, as one sparse selector product per batch);
+column shuffles need a pass over the whole matrix, so a pool of
+``n_column_shuffles`` of them is computed in one GEMM and permutation ``i``
+pairs a fresh row shuffle with column shuffle ``i % n_column_shuffles``.
+``n_column_shuffles = n_permutations`` gives fully independent shuffles at
+O(tokens x neurons) each. The pool holds *centred* sums (minus what the
+overall mean gives), so float32 loses nothing that the statistics use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 __all__ = [
     "STATISTICS",
@@ -37,6 +40,7 @@ __all__ = [
     "mean_block_mean",
     "neuron_specialization",
     "permutation_test",
+    "permutation_tests",
     "specialization_summary",
     "statistic_from_sums",
     "total_sum_of_squares",
@@ -51,6 +55,9 @@ _CHUNK_ROWS = 4096
 # Soft cap on the bytes of the (batch, n_tokens) index arrays a permutation
 # batch holds at once.
 _BATCH_BYTES = 32 * 2**20
+# Cap on the column-shuffle pools held at once (grid points beyond it are
+# processed in further groups, with the same row permutations regenerated).
+_POOL_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -298,7 +305,7 @@ def permutation_test(
     statistic: str = "r2",
     n_permutations: int = 1000,
     n_column_shuffles: int = 25,
-    random_state: int | np.random.Generator | None = None,
+    random_state: int | np.random.Generator | np.random.SeedSequence | None = None,
     moments: tuple[float, float, int] | None = None,
 ) -> PermutationResult:
     """Permutation Z-score and p-value of a statistic under size-preserving label shuffles.
@@ -314,7 +321,7 @@ def permutation_test(
     n_column_shuffles : int, default=25
         Size of the pool of column shuffles (see the module docstring); capped
         at ``n_permutations``.
-    random_state : int, Generator or None, default=None
+    random_state : int, Generator, SeedSequence or None, default=None
         Seed of the shuffles. The same seed gives bit-identical results.
     moments : tuple, optional
         ``total_sum_of_squares(A)``, when the caller already has it.
@@ -330,6 +337,65 @@ def permutation_test(
     pure noise, so this Z measures "better than random labels", not "there is
     structure"; use :func:`tnb.bicluster.refit_null` for the latter.
     """
+    return permutation_tests(
+        A,
+        [(row_labels, col_labels)],
+        statistic=statistic,
+        n_permutations=n_permutations,
+        n_column_shuffles=n_column_shuffles,
+        random_state=random_state,
+        moments=moments,
+    )[0]
+
+
+def _seed_sequence(random_state) -> np.random.SeedSequence:
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    return np.random.SeedSequence(random_state)
+
+
+@dataclass
+class _Labeling:
+    """One labeling's observed block sums and its pool of column-shuffled, centred column-cluster sums."""
+
+    row_k: int
+    col_k: int
+    row_sizes: np.ndarray
+    sizes: np.ndarray
+    observed: float
+    pool: np.ndarray | None = None  # (n_column_shuffles * n_tokens, col_k) float32
+
+
+def permutation_tests(
+    A,
+    labelings,
+    *,
+    statistic: str = "r2",
+    n_permutations: int = 1000,
+    n_column_shuffles: int = 25,
+    random_state: int | np.random.Generator | np.random.SeedSequence | None = None,
+    moments: tuple[float, float, int] | None = None,
+) -> list[PermutationResult]:
+    """:func:`permutation_test` for several labelings of one matrix, sharing the row shuffles.
+
+    Every labeling sees the same row permutations (common random numbers: the
+    permutations are generated once, not once per labeling) and its own column
+    shuffles. Labeling ``g`` gets the same result whatever the other labelings.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons)
+    labelings : sequence of (row_labels, col_labels)
+    statistic, n_permutations, n_column_shuffles, random_state, moments
+        As in :func:`permutation_test`.
+
+    Returns
+    -------
+    list of PermutationResult
+        One per labeling, in order.
+    """
     if statistic not in STATISTICS:
         raise ValueError(f"statistic should be one of {STATISTICS}. Got {statistic!r} instead.")
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 2:
@@ -337,67 +403,119 @@ def permutation_test(
     if isinstance(n_column_shuffles, bool) or not isinstance(n_column_shuffles, (int, np.integer)) or n_column_shuffles < 1:
         raise ValueError(f"n_column_shuffles should be an int >= 1. Got {n_column_shuffles!r} instead.")
     array = _as_float32(A)
-    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
-    cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
     if moments is None:
         moments = total_sum_of_squares(array)
     sum_squares, total, n_elements = moments
-    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+    mean = total / n_elements
+    tss = sum_squares - total * mean
+    n_permutations = int(n_permutations)
+    n_column_shuffles = int(min(n_column_shuffles, n_permutations))
+    seeds = _seed_sequence(random_state).spawn(len(labelings) + 1)
 
-    sizes = np.outer(np.bincount(rows, minlength=row_k), np.bincount(cols, minlength=col_k)).astype(np.float64)
-    observed_sums = _row_cluster_sums((array @ _onehot(cols, col_k)).astype(np.float64), rows, row_k)
+    compacted = []
+    for row_labels, col_labels in labelings:
+        rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+        cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
+        compacted.append((rows, row_k, cols, col_k))
 
-    def evaluate(sums):
-        return statistic_from_sums(
-            sums, sizes, statistic, total=total, sum_squares=sum_squares, n_elements=n_elements
+    def evaluate(centred_sums, sizes):
+        # centred_sums[..., r, c] = S_rc - mean * n_rc; every cluster is non-empty after _compact.
+        if statistic == "r2":
+            if tss <= 0:
+                return np.zeros(centred_sums.shape[:-2])
+            return np.einsum("...ij,...ij->...", centred_sums / sizes, centred_sums) / tss
+        return mean + (centred_sums / sizes).mean(axis=(-2, -1))
+
+    null_values = [np.empty(n_permutations) for _ in labelings]
+    states: list[_Labeling] = []
+    for (rows, row_k, cols, col_k), seed in zip(compacted, seeds[1:]):
+        row_sizes = np.bincount(rows, minlength=row_k)
+        col_sizes = np.bincount(cols, minlength=col_k)
+        sizes = np.outer(row_sizes, col_sizes).astype(np.float64)
+        sums = _row_cluster_sums((array @ _onehot(cols, col_k)).astype(np.float64), rows, row_k)
+        states.append(_Labeling(row_k, col_k, row_sizes, sizes, float(evaluate(sums - mean * sizes, sizes))))
+
+    # Pools are built a group of labelings at a time, to bound memory; the row
+    # permutations are regenerated from the same seed for every group.
+    pool_bytes = [n_column_shuffles * array.shape[0] * state.col_k * 4 for state in states]
+    groups, current, used = [], [], 0
+    for index, nbytes in enumerate(pool_bytes):
+        if current and used + nbytes > _POOL_BYTES:
+            groups.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += nbytes
+    groups.append(current)
+
+    for group in groups:
+        for index in group:
+            rows, row_k, cols, col_k = compacted[index]
+            states[index].pool = _column_shuffle_pool(
+                array, cols, col_k, n_column_shuffles, mean, np.random.default_rng(seeds[index + 1])
+            )
+        _row_shuffle_null(array.shape[0], [states[i] for i in group], [null_values[i] for i in group],
+                          n_permutations, n_column_shuffles, np.random.default_rng(seeds[0]), evaluate)  # fmt: skip
+        for index in group:
+            states[index].pool = None
+
+    results = []
+    for state, values in zip(states, null_values):
+        z, p, null_mean, null_sd = _z_and_p(state.observed, values)
+        results.append(
+            PermutationResult(
+                statistic=statistic,
+                observed=state.observed,
+                z=z,
+                p=p,
+                null_mean=null_mean,
+                null_sd=null_sd,
+                n_permutations=n_permutations,
+                null="label_shuffle",
+                null_values=values,
+            )
         )
-
-    observed = float(evaluate(observed_sums))
-    null_values = _label_shuffle_null(
-        array, rows, row_k, cols, col_k, evaluate, int(n_permutations), int(min(n_column_shuffles, n_permutations)), rng
-    )
-    z, p, null_mean, null_sd = _z_and_p(observed, null_values)
-    return PermutationResult(
-        statistic=statistic,
-        observed=observed,
-        z=z,
-        p=p,
-        null_mean=null_mean,
-        null_sd=null_sd,
-        n_permutations=int(n_permutations),
-        null="label_shuffle",
-        null_values=null_values,
-    )
+    return results
 
 
-def _label_shuffle_null(array, rows, row_k, cols, col_k, evaluate, n_permutations, n_column_shuffles, rng):
-    n_rows = array.shape[0]
-    # Pool of column shuffles: one GEMM gives every shuffled column-cluster sum.
-    shuffled_cols = np.stack([rng.permutation(cols) for _ in range(n_column_shuffles)])
-    stacked = np.zeros((array.shape[1], n_column_shuffles * col_k), dtype=np.float32)
-    stacked[np.arange(array.shape[1])[None, :], shuffled_cols + col_k * np.arange(n_column_shuffles)[:, None]] = 1
-    pool = (array @ stacked).astype(np.float64).reshape(n_rows, n_column_shuffles, col_k)
-    pool = np.ascontiguousarray(pool.transpose(1, 0, 2))  # (n_column_shuffles, n_rows, col_k)
+def _column_shuffle_pool(array, cols, col_k, n_column_shuffles, mean, rng) -> np.ndarray:
+    """Centred column-cluster sums of every column shuffle, stacked: (n_column_shuffles * n_tokens, col_k) float32.
 
-    # Rows sorted by label: a shuffle's block sums are then contiguous segment
-    # sums (reduceat) of the gathered rows, instead of a scatter-add.
-    order = np.argsort(rows, kind="stable")
-    starts = np.searchsorted(rows[order], np.arange(row_k))
-    occupied = np.bincount(rows, minlength=row_k) > 0
-    batch = max(1, min(n_permutations, _BATCH_BYTES // (8 * n_rows * (col_k + 1))))
-    null_values = np.empty(n_permutations, dtype=np.float64)
-    assignment = np.arange(n_permutations) % n_column_shuffles
-    base = np.broadcast_to(np.arange(n_rows), (batch, n_rows))
+    Centring (subtracting the sum the overall mean would give) keeps float32
+    accurate: the block sums of random labels are small deviations from
+    ``mean * n_b``, and only the deviations enter the statistics.
+    """
+    n_rows, n_cols = array.shape
+    shuffled = np.stack([rng.permutation(cols) for _ in range(n_column_shuffles)])
+    stacked = np.zeros((n_cols, n_column_shuffles * col_k), dtype=np.float32)
+    stacked[np.arange(n_cols)[None, :], shuffled + col_k * np.arange(n_column_shuffles)[:, None]] = 1
+    pool = array @ stacked  # one GEMM for every shuffle
+    pool -= np.tile(mean * np.bincount(cols, minlength=col_k), n_column_shuffles).astype(np.float32)
+    return np.ascontiguousarray(pool.reshape(n_rows, n_column_shuffles, col_k).transpose(1, 0, 2)).reshape(-1, col_k)
+
+
+def _row_shuffle_null(n_rows, states, outputs, n_permutations, n_column_shuffles, rng, evaluate) -> None:
+    """Fill ``outputs`` with the null statistic of each permutation, for every labeling in ``states``.
+
+    Permutation ``i`` assigns token cluster ``r`` the rows ``P_i[segment r]``
+    (a uniform random subset of its size) and uses column shuffle
+    ``i % n_column_shuffles``. The block sums of a batch of permutations are
+    one sparse (batch * row_k, n_shuffles * n_tokens) x (.., col_k) product:
+    O(n_tokens x col_k) per permutation, no intermediate gathered copy.
+    """
+    index_dtype = np.int32 if n_column_shuffles * n_rows < 2**31 else np.int64
+    batch = int(np.clip(_BATCH_BYTES // (8 * n_rows), 1, n_permutations))
+    ones = np.ones(batch * n_rows, dtype=np.float32)
     for start in range(0, n_permutations, batch):
         stop = min(start + batch, n_permutations)
-        permutations = rng.permuted(base[: stop - start], axis=1)
-        # Row i of the shuffled matrix takes row permutation[i]'s values;
-        # gather in label order so each cluster is one contiguous segment.
-        gathered = pool[assignment[start:stop, None], permutations[:, order]]  # (b, n_rows, col_k)
-        sums = np.zeros((stop - start, row_k, col_k), dtype=np.float64)
-        sums[:, occupied] = np.add.reduceat(gathered, starts[occupied], axis=1)
-        null_values[start:stop] = evaluate(sums)
-    return null_values
+        size = stop - start
+        permutations = np.stack([rng.permutation(n_rows).astype(index_dtype) for _ in range(size)])
+        shuffle = (np.arange(start, stop) % n_column_shuffles).astype(index_dtype)
+        columns = (permutations + shuffle[:, None] * index_dtype(n_rows)).ravel()
+        for state, output in zip(states, outputs):
+            indptr = np.concatenate([[0], np.cumsum(np.tile(state.row_sizes, size))]).astype(index_dtype)
+            selector = sparse.csr_array((ones[: size * n_rows], columns, indptr), shape=(size * state.row_k, state.pool.shape[0]))
+            sums = (selector @ state.pool).astype(np.float64).reshape(size, state.row_k, state.col_k)
+            output[start:stop] = evaluate(sums, state.sizes)
 
 
 def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:
@@ -413,7 +531,7 @@ def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:
 
 def _token_cluster_mass(array: np.ndarray, rows: np.ndarray, row_k: int) -> np.ndarray:
     """|z| mass of every neuron on every token cluster -> (row_k, n_neurons) float64 (one GEMM)."""
-    return (_onehot(rows, row_k).T @ array).astype(np.float64)
+    return (array.T @ _onehot(rows, row_k)).T.astype(np.float64)
 
 
 def neuron_specialization(A) -> np.ndarray:

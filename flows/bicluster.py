@@ -7,8 +7,8 @@ never arrays; each reads its layer from the lake and writes its ``labels`` and
 Task runner (:func:`make_task_runner`):
 
 - default: a ``distributed.LocalCluster`` sized to the machine, one single-threaded
-  worker process per core (at most one per partition), and the BLAS of each worker
-  limited to ``cores // workers`` threads, so workers never oversubscribe the cores;
+  worker process per core (at most one per partition), each task's BLAS limited to one
+  thread, so workers never oversubscribe the cores;
 - ``dask_address="tcp://host:8786"``: the same flow on an existing Dask cluster (the
   workers need ``tnb`` installed, the lake path mounted, and ``PREFECT_API_URL`` pointing
   at a Prefect server they can reach);
@@ -21,8 +21,9 @@ an error, and a deleted partition is simply redone. Prefect's own result cache i
 (``NO_CACHE``), so nothing keyed by a flow-run id ever decides what is skipped, and no
 Prefect result storage has to be shared with remote workers.
 
-Results do not depend on the number of workers: each partition is seeded by ``seed``
-alone and computed whole by one task.
+Results do not depend on the runner or the number of workers: each partition is seeded
+by ``seed`` alone, computed whole by one task, with single-threaded BLAS
+(:data:`BLAS_THREADS_PER_TASK`).
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ from tnb.lake import Lake
 
 @contextlib.contextmanager
 def _blas_threads(n_threads: int | None) -> Iterator[None]:
+    """Limit BLAS (and OpenMP) to ``n_threads`` in this process for the block."""
     if not n_threads:
         yield
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=n_threads, user_api="blas"):
+    with threadpool_limits(limits=n_threads):
         yield
 
 
@@ -98,30 +100,37 @@ def default_workers(n_partitions: int, n_cores: int | None = None) -> int:
     return max(1, min(n_cores, n_partitions))
 
 
+#: BLAS threads of every bicluster task, whatever runs it. Multi-threaded BLAS sums in a
+#: different order (measured: another null mean in the 8th digit, and another k-means
+#: labelling at one grid point of a 1000 x 64 layer, with 2 threads vs 1), so a fixed
+#: count is what makes results independent of the runner and of the number of workers.
+#: Parallelism comes from running partitions side by side instead.
+BLAS_THREADS_PER_TASK = 1
+
+
 def make_task_runner(
     n_partitions: int,
     dask_address: str | None = None,
     n_workers: int | None = None,
     serial: bool = False,
-) -> tuple[Any, int | None]:
-    """The task runner for the bicluster tasks, and the BLAS threads each task should use.
+) -> tuple[Any, int]:
+    """The task runner for the bicluster tasks, and the BLAS threads each task must use.
 
     Returns
     -------
     runner : TaskRunner
-    blas_threads : int or None
-        None leaves BLAS as it is (serial runs, and remote clusters that set their own).
+    blas_threads : int
+        Always :data:`BLAS_THREADS_PER_TASK`, applied in the task with threadpoolctl (so on
+        remote workers too); local workers also get it as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``.
     """
     if serial:
-        return ThreadPoolTaskRunner(max_workers=1), None
+        return ThreadPoolTaskRunner(max_workers=1), BLAS_THREADS_PER_TASK
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
-        return DaskTaskRunner(address=dask_address), None
-    n_cores = os.cpu_count() or 1
-    workers = n_workers or default_workers(n_partitions, n_cores)
-    blas_threads = max(1, n_cores // workers)
-    threads_env = {"OMP_NUM_THREADS": str(blas_threads), "MKL_NUM_THREADS": str(blas_threads)}
+        return DaskTaskRunner(address=dask_address), BLAS_THREADS_PER_TASK
+    workers = n_workers or default_workers(n_partitions)
+    threads_env = {"OMP_NUM_THREADS": str(BLAS_THREADS_PER_TASK), "MKL_NUM_THREADS": str(BLAS_THREADS_PER_TASK)}
     runner = DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -132,7 +141,7 @@ def make_task_runner(
             "dashboard_address": ":0",  # a free port: concurrent runs do not collide
         },
     )
-    return runner, blas_threads
+    return runner, BLAS_THREADS_PER_TASK
 
 
 @flow(name="tnb-bicluster-partitions", log_prints=True)
@@ -222,8 +231,8 @@ def bicluster_flow(
 
 def _describe(runner: Any, blas_threads: int | None) -> str:
     if isinstance(runner, ThreadPoolTaskRunner):
-        return "this process, one partition at a time"
+        return "this process, one partition at a time, single-threaded"
     if getattr(runner, "address", None) is None:
         kwargs = runner.cluster_kwargs
-        return f"a local Dask cluster: {kwargs['n_workers']} workers x 1 thread, BLAS {blas_threads} thread(s) each"
+        return f"a local Dask cluster of {kwargs['n_workers']} single-threaded workers"
     return f"the Dask cluster at {getattr(runner, 'address', '?')}"

@@ -88,8 +88,10 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
     server.start(timeout=STARTUP_TIMEOUT_S)
     try:
         with _api_url_set(server.api_url) as url:
-            yield url
-            _flush_logs()
+            try:
+                yield url
+            finally:
+                _flush_logs()
     finally:
         server.stop()
 

@@ -16,7 +16,8 @@ are permuted. Row shuffles are applied to the precomputed column-cluster sums
 (O(tokens x col_k) per permutation, as one sparse selector product per batch);
 column shuffles need a pass over the whole matrix, so a pool of
 ``n_column_shuffles`` of them is computed in one GEMM and permutation ``i``
-pairs a fresh row shuffle with column shuffle ``i % n_column_shuffles``.
+pairs a fresh row shuffle with one column shuffle (permutations are split
+into ``n_column_shuffles`` contiguous blocks, one per column shuffle).
 ``n_column_shuffles = n_permutations`` gives fully independent shuffles at
 O(tokens x neurons) each. The pool holds *centred* sums (minus what the
 overall mean gives), so float32 loses nothing that the statistics use.
@@ -497,25 +498,28 @@ def _row_shuffle_null(n_rows, states, outputs, n_permutations, n_column_shuffles
     """Fill ``outputs`` with the null statistic of each permutation, for every labeling in ``states``.
 
     Permutation ``i`` assigns token cluster ``r`` the rows ``P_i[segment r]``
-    (a uniform random subset of its size) and uses column shuffle
-    ``i % n_column_shuffles``. The block sums of a batch of permutations are
-    one sparse (batch * row_k, n_shuffles * n_tokens) x (.., col_k) product:
-    O(n_tokens x col_k) per permutation, no intermediate gathered copy.
+    (a uniform random subset of its size) and uses the column shuffle of its
+    block: the permutations are split into ``n_column_shuffles`` contiguous
+    blocks, so that a batch reads one (n_tokens, col_k) slice of the pool,
+    which stays in cache. The block sums of a batch are one sparse
+    (batch * row_k, n_tokens) x (n_tokens, col_k) product: O(n_tokens x col_k)
+    per permutation, no intermediate gathered copy.
     """
-    index_dtype = np.int32 if n_column_shuffles * n_rows < 2**31 else np.int64
-    batch = int(np.clip(_BATCH_BYTES // (8 * n_rows), 1, n_permutations))
-    ones = np.ones(batch * n_rows, dtype=np.float32)
-    for start in range(0, n_permutations, batch):
-        stop = min(start + batch, n_permutations)
-        size = stop - start
-        permutations = np.stack([rng.permutation(n_rows).astype(index_dtype) for _ in range(size)])
-        shuffle = (np.arange(start, stop) % n_column_shuffles).astype(index_dtype)
-        columns = (permutations + shuffle[:, None] * index_dtype(n_rows)).ravel()
-        for state, output in zip(states, outputs):
-            indptr = np.concatenate([[0], np.cumsum(np.tile(state.row_sizes, size))]).astype(index_dtype)
-            selector = sparse.csr_array((ones[: size * n_rows], columns, indptr), shape=(size * state.row_k, state.pool.shape[0]))
-            sums = (selector @ state.pool).astype(np.float64).reshape(size, state.row_k, state.col_k)
-            output[start:stop] = evaluate(sums, state.sizes)
+    index_dtype = np.int32 if n_rows < 2**31 else np.int64
+    max_batch = int(np.clip(_BATCH_BYTES // (8 * n_rows), 1, n_permutations))
+    ones = np.ones(max_batch * n_rows, dtype=np.float32)
+    for shuffle, block in enumerate(np.array_split(np.arange(n_permutations), n_column_shuffles)):
+        for batch in np.array_split(block, max(1, -(-block.size // max_batch))):
+            size = batch.size
+            permutations = np.stack([rng.permutation(n_rows).astype(index_dtype) for _ in range(size)]).ravel()
+            for state, output in zip(states, outputs):
+                pool = state.pool[shuffle * n_rows : (shuffle + 1) * n_rows]
+                indptr = np.concatenate([[0], np.cumsum(np.tile(state.row_sizes, size))]).astype(index_dtype)
+                selector = sparse.csr_array(
+                    (ones[: size * n_rows], permutations, indptr), shape=(size * state.row_k, n_rows)
+                )
+                sums = (selector @ pool).astype(np.float64).reshape(size, state.row_k, state.col_k)
+                output[batch] = evaluate(sums, state.sizes)
 
 
 def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:

@@ -37,6 +37,14 @@ def make_gpt2_small(directory: Path) -> Path:
     return directory
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include the parent's at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path) -> dict:
     import numpy as np
     import torch
@@ -96,21 +104,28 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=20_000)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=("study", "tnb"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("study", "tnb", "make-model"), help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.child == "make-model":
+        make_gpt2_small(args.lake)
+        print(json.dumps({}))
+        return
     if args.child:
         if args.child == "study":
             result = child_study(args.model, args.lake, args.max_tokens, args.seq_len, args.lake / "study.npz")
         else:
             result = child_tnb(args.model, args.lake, args.max_tokens, args.seq_len, args.batch_size)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(make_gpt2_small(Path(tmp) / "gpt2-small-random"))
+        model = args.model
+        if model is None:  # made in a child, so this parent stays small
+            model = str(Path(tmp) / "gpt2-small-random")
+            run_child(["--child", "make-model", "--lake", model])
         rows = {}
         for approach in ("study", "tnb"):
             for tokens in (args.max_tokens // 4, args.max_tokens):

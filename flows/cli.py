@@ -148,23 +148,22 @@ def _bicluster_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
+_PARAM_NAMES = ("method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first")
+
+
 def _check_params(kwargs: dict) -> None:
     """Validate before any server or cluster starts (errors print as one line)."""
     from tnb.bicluster_stage import BiclusterParams
 
-    names = ("method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first")
-    BiclusterParams(**{name: kwargs[name] for name in names})
+    BiclusterParams(**{name: kwargs[name] for name in _PARAM_NAMES})
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tnb.cli import _corpus_source
-    from tnb.lake import Lake
-    from tnb.models import resolve_model
+    from tnb.cli import _preflight
 
     models = args.model or ["minilm"]
     for model in models:
-        resolve_model(model)
-    Lake(args.lake)
+        _preflight(argparse.Namespace(**{**vars(args), "model": model}))
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
     start = time.perf_counter()
@@ -172,7 +171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from flows.pipeline import pipeline_flow
 
         outcome = pipeline_flow(
-            lake=args.lake, models=models, corpus=_corpus_source(args), max_tokens=args.max_tokens,
+            lake=args.lake, models=models, corpus=args.corpus, hub_config=args.corpus_config, max_tokens=args.max_tokens,
             seq_len=args.seq_len, sites=args.sites, layers=args.layers, batch_size=args.batch_size,
             text_column=args.text_column, max_documents=args.max_documents, report_dir=args.report_dir,
             stages=args.stages, overwrite=args.overwrite, **kwargs,
@@ -185,11 +184,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bicluster(args: argparse.Namespace) -> int:
+    from tnb.bicluster_stage import BiclusterParams, is_done, layer_partitions
     from tnb.lake import Lake
 
-    Lake(args.lake)
+    lake = Lake(args.lake)
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
+    # bad input fails here, as one line, before any server or cluster starts
+    params = BiclusterParams(**{name: kwargs[name] for name in _PARAM_NAMES})
+    for partition in layer_partitions(lake, args.model, args.sites, args.layers):
+        if not args.overwrite:
+            is_done(lake, *partition, params)
     with prefect_api():
         from flows.bicluster import bicluster_flow
 

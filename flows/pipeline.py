@@ -140,6 +140,7 @@ def pipeline_flow(
     lake: str = "lake",
     models: Sequence[str] = STUDY["models"],
     corpus: str | None = None,
+    hub_config: str | None = None,
     max_tokens: int = STUDY["max_tokens"],
     seq_len: int = STUDY["seq_len"],
     sites: Sequence[str] = STUDY["sites"],
@@ -174,6 +175,8 @@ def pipeline_flow(
         model directories or hub ids; each is extracted in turn (torch uses every core).
     corpus : str, optional
         Local file/directory or hub dataset; default: the bundled Wikipedia sample.
+    hub_config : str, optional
+        The hub dataset's config (e.g. ``20231101.en``).
     max_tokens, seq_len : int
         Token positions in the stream, and the sequence length they are cut into.
     sites : sequence of {"resid", "mlp"}
@@ -208,7 +211,7 @@ def pipeline_flow(
         start = time.perf_counter()
         outcome["extract"] = [
             extract_flow(
-                lake=lake, model=model, corpus=corpus, max_tokens=max_tokens, seq_len=seq_len, sites=tuple(sites),
+                lake=lake, model=model, corpus=corpus, hub_config=hub_config, max_tokens=max_tokens, seq_len=seq_len, sites=tuple(sites),
                 layers=layers, batch_size=batch_size, overwrite=overwrite, text_column=text_column,
                 max_documents=max_documents, progress=progress,
             )

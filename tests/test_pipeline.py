@@ -307,3 +307,20 @@ def test_cli_parses_run_and_bicluster() -> None:
     assert kwargs["row_ks"] == (6, 9) and kwargs["col_ks"] == (6, 9) and kwargs["drop_first"] == 1
     args = parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"])
     assert _bicluster_kwargs(args)["col_ks"] == (4,) and args.serial
+
+
+def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tnb.cli import main
+
+    assert main(["run", "--lake", str(tmp_path / "lake"), "--grid", "1", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "tnb: error: every k should be >= 2. Got row_ks=(1, 2), col_ks=(1, 2) instead."
+    assert main(["bicluster", "--lake", str(tmp_path / "lake"), "--serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run extract first" in err[0]
+
+
+def test_server_command_binds_localhost_with_analytics_off() -> None:
+    from flows.cli import server_command
+
+    command = server_command()
+    assert command[1:] == ["server", "start", "--host", "127.0.0.1", "--port", "4200", "--analytics-off"]

@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -61,7 +60,9 @@ from threadpoolctl import threadpool_limits
 
 from tnb.metrics import (
     STATISTICS,
+    _z_and_p,
     adjusted_r2,
+    block_sums,
     cluster_specialization,
     permutation_tests,
     specialization_summary,
@@ -743,8 +744,6 @@ def _fit_grid(X, pairs, method, *, normalization, n_components, n_best, settings
 
 def _observed_statistics(X, fits, statistic, moments) -> dict:
     """{pair: (r2, observed statistic, n_blocks)} from block sums."""
-    from tnb.metrics import block_sums
-
     sum_squares, total, n_elements = moments
     out = {}
     for pair, (row_labels, col_labels, _) in fits.items():
@@ -981,8 +980,6 @@ def grid_search(
 
 
 def _z_from_values(observed: float, null_values: np.ndarray) -> tuple[float, float, float, float]:
-    from tnb.metrics import _z_and_p
-
     return _z_and_p(observed, null_values)
 
 

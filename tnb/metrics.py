@@ -349,6 +349,10 @@ def permutation_test(
     )[0]
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _seed_sequence(random_state) -> np.random.SeedSequence:
     if isinstance(random_state, np.random.SeedSequence):
         return random_state
@@ -399,9 +403,9 @@ def permutation_tests(
     """
     if statistic not in STATISTICS:
         raise ValueError(f"statistic should be one of {STATISTICS}. Got {statistic!r} instead.")
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 2:
+    if not _is_count(n_permutations) or n_permutations < 2:
         raise ValueError(f"n_permutations should be an int >= 2. Got {n_permutations!r} instead.")
-    if isinstance(n_column_shuffles, bool) or not isinstance(n_column_shuffles, (int, np.integer)) or n_column_shuffles < 1:
+    if not _is_count(n_column_shuffles) or n_column_shuffles < 1:
         raise ValueError(f"n_column_shuffles should be an int >= 1. Got {n_column_shuffles!r} instead.")
     array = _as_float32(A)
     if moments is None:

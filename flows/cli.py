@@ -213,16 +213,35 @@ def server_command(host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    import signal
+
     _env.configure()
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     command = server_command(args.host, args.port)
     print(f"tnb: {' '.join(command)}  (analytics off; PREFECT_HOME={env['PREFECT_HOME']})")
-    print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
+    if (args.host, args.port) == (UI_HOST, UI_PORT):
+        print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
+    else:
+        print(f"tnb: UI at http://{args.host}:{args.port}; to report runs to it: "
+              f"export PREFECT_API_URL=http://{args.host}:{args.port}/api")
+    server = subprocess.Popen(command, env=env)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(command, env=env)
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        if server.poll() is None:  # stop the server with us, whatever stopped us
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -118,3 +118,31 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_tnb_server_serves_the_ui_and_stops_with_its_server(tmp_path: Path) -> None:
+    port = _free_port()
+    env = dict(os.environ, TNB_RUNTIME_DIR=str(tmp_path / "runtime"))
+    env.pop("PREFECT_HOME", None)
+    env.pop("PREFECT_API_URL", None)
+    tnb = subprocess.Popen([str(Path(sys.executable).parent / "tnb"), "server", "--port", str(port)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert tnb.poll() is None and time.monotonic() < deadline, "tnb server did not start"
+            time.sleep(0.5)
+        analytics = httpx.get(f"http://127.0.0.1:{port}/api/admin/settings", timeout=5).json()
+        assert analytics["server"]["analytics_enabled"] is False
+    finally:
+        tnb.terminate()
+        output, _ = tnb.communicate(timeout=30)
+    assert "--analytics-off" in output and (tmp_path / "runtime" / "prefect").is_dir()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)

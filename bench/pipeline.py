@@ -86,6 +86,30 @@ def _study_estimate(lake_root: Path, model: str, n_layers: int, ks: tuple[int, .
     return study["seconds"] * (n_layers + 1), study["note"]
 
 
+def _load() -> str:
+    return "load average {:.1f}".format(os.getloadavg()[0])
+
+
+def _compare_runners(source: Path, work: Path, common: dict, workers: int | None) -> None:
+    """The bicluster stage alone, serial then on a local Dask cluster, on copies of ``source``'s inputs."""
+    from flows.bicluster import bicluster_flow
+    from flows.cli import prefect_api
+
+    walls = {}
+    with prefect_api(quiet=True):
+        for name, options in (("serial", {"serial": True}), ("dask", {"n_workers": workers})):
+            lake = work / f"lake-{name}-only"
+            shutil.rmtree(lake, ignore_errors=True)
+            for table in ("tokens", "models", "activations"):
+                shutil.copytree(source / table, lake / table)
+            before = _load()
+            start = time.perf_counter()
+            bicluster_flow(lake=str(lake), **common, **options)
+            walls[name] = time.perf_counter() - start
+            print(f"bicluster stage, {name}: {walls[name]:.1f} s ({before} before, {_load()} after)")
+    print(f"Dask speed-up: {walls['serial'] / walls['dask']:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=20_000)
@@ -98,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the lakes here (default: a temporary directory)")
     parser.add_argument("--skip-study", action="store_true", help="do not estimate the study's approach")
+    parser.add_argument("--dask-only-from", default=None, metavar="LAKE",
+                        help="only compare the bicluster stage, serial vs Dask, on the inputs of this lake")
     args = parser.parse_args(argv)
     ks = tuple(int(k) for k in args.ks.split(","))
 
@@ -105,17 +131,21 @@ def main(argv: list[str] | None = None) -> None:
     from flows.cli import prefect_api
     from flows.pipeline import pipeline_flow
 
+    common = {"row_ks": ks, "col_ks": ks, "n_permutations": args.permutations, "seed": args.seed}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tnb-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.dask_only_from:
+        _compare_runners(Path(args.dask_only_from).absolute(), work, common, args.workers)
+        return
     model_dir = _tiny_gpt2(work / "gpt2-small-random", args.n_layer, args.n_embd)
     serial_lake, dask_lake = work / "lake-serial", work / "lake-dask"
     for path in (serial_lake, dask_lake, work / "report"):
         shutil.rmtree(path, ignore_errors=True)
-    common = {"row_ks": ks, "col_ks": ks, "n_permutations": args.permutations, "seed": args.seed}
     print(f"cores: {os.cpu_count()}; model: GPT-2 shape {args.n_layer} layers x {args.n_embd}, random weights; "
           f"{args.tokens:,} tokens; grid {ks}^2; {args.permutations} permutations")
 
     with prefect_api(quiet=True):
+        print(f"pipeline starts ({_load()})")
         started = time.time()
         wall_start = time.perf_counter()
         outcome = pipeline_flow(
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             serial=True, report_dir=str(work / "report"), progress=False, **common,
         )
         pipeline_wall = time.perf_counter() - wall_start
+        print(f"pipeline done ({_load()})")
         tasks = _task_seconds(started)
         model = outcome["extract"][0]["model"]
 
@@ -131,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         wall_start = time.perf_counter()
         dask_outcomes = bicluster_flow(lake=str(dask_lake), n_workers=args.workers, **common)
         dask_wall = time.perf_counter() - wall_start
+        print(f"Dask bicluster done ({_load()})")
     assert all(o["status"] == "written" for o in dask_outcomes)
 
     import polars as pl

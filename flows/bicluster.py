@@ -184,6 +184,8 @@ def bicluster_flow(
     selection: str = "z",
     seed: int = 0,
     drop_first: int = 0,
+    null: str = "label_shuffle",
+    n_refits: int = 10,
     overwrite: bool = False,
     dask_address: str | None = None,
     n_workers: int | None = None,
@@ -197,7 +199,7 @@ def bicluster_flow(
         Lake root.
     models, sites, layers : list, optional
         Which activations partitions (default: every one in the lake).
-    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first
+    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first, null, n_refits
         As in :class:`tnb.bicluster_stage.BiclusterParams`.
     overwrite : bool
         Redo partitions that are already complete.
@@ -215,7 +217,7 @@ def bicluster_flow(
     """
     params = BiclusterParams(
         method=method, row_ks=tuple(row_ks), col_ks=tuple(col_ks), n_permutations=n_permutations,
-        statistic=statistic, selection=selection, seed=seed, drop_first=drop_first,
+        statistic=statistic, selection=selection, seed=seed, drop_first=drop_first, null=null, n_refits=n_refits,
     )
     partitions, pending = list_partitions_task(lake, models, sites, layers, params.config())
     todo = partitions if overwrite else pending

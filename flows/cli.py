@@ -109,7 +109,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
-    from tnb.bicluster_stage import METHODS, SELECTION_RULES, STATISTICS
+    from tnb.bicluster_stage import METHODS, NULLS, SELECTION_RULES, STATISTICS
 
     group = parser.add_argument_group("biclustering")
     group.add_argument("--method", choices=METHODS, default="biclustering", help="(default: %(default)s)")
@@ -121,6 +121,9 @@ def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--statistic", choices=STATISTICS, default="r2", help="what Z tests (default: %(default)s)")
     group.add_argument("--selection", choices=SELECTION_RULES, default="z",
                        help="rule picking each layer's grid point (default: %(default)s; 'r2' is the study's)")
+    group.add_argument("--null", choices=NULLS, default="label_shuffle",
+                       help="where Z comes from: label shuffles, or refits on column-shuffled data (stricter, slower)")
+    group.add_argument("--refits", type=int, default=10, help="refits of --null refit (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     group.add_argument("--drop-first", type=int, default=0,
                        help="leave the first N positions of every sequence out of the matrix (default: %(default)s)")
@@ -142,13 +145,17 @@ def _bicluster_kwargs(args: argparse.Namespace) -> dict:
         "selection": args.selection,
         "seed": args.seed,
         "drop_first": args.drop_first,
+        "null": args.null,
+        "n_refits": args.refits,
         "dask_address": args.dask_address,
         "n_workers": args.workers,
         "serial": args.serial,
     }
 
 
-_PARAM_NAMES = ("method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first")
+_PARAM_NAMES = (
+    "method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first", "null", "n_refits",
+)
 
 
 def _check_params(kwargs: dict) -> None:

@@ -156,6 +156,8 @@ def pipeline_flow(
     selection: str = STUDY["selection"],
     seed: int = STUDY["seed"],
     drop_first: int = STUDY["drop_first"],
+    null: str = "label_shuffle",
+    n_refits: int = 10,
     dask_address: str | None = None,
     n_workers: int | None = None,
     serial: bool = False,
@@ -186,7 +188,7 @@ def pipeline_flow(
         Sequences per forward pass.
     text_column, max_documents
         The corpus's text column, and at most how many documents to read.
-    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first
+    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first, null, n_refits
         The bicluster stage (:class:`tnb.bicluster_stage.BiclusterParams`).
     dask_address, n_workers, serial
         Where the bicluster tasks run (:func:`flows.bicluster.make_task_runner`).
@@ -228,7 +230,8 @@ def pipeline_flow(
         outcome["bicluster"] = bicluster_flow(
             lake=lake, models=model_names, sites=list(sites), layers=layers, method=method, row_ks=row_ks,
             col_ks=col_ks, n_permutations=n_permutations, statistic=statistic, selection=selection, seed=seed,
-            drop_first=drop_first, overwrite=overwrite, dask_address=dask_address, n_workers=n_workers, serial=serial,
+            drop_first=drop_first, null=null, n_refits=n_refits, overwrite=overwrite, dask_address=dask_address,
+            n_workers=n_workers, serial=serial,
         )
         outcome["seconds"]["bicluster"] = time.perf_counter() - start
     if "analyze" in stages and report_dir:

@@ -278,6 +278,7 @@ def test_drop_first_leaves_out_leading_positions(pipeline_run: dict, tmp_path: P
         ({"selection": "max"}, "selection should be one of z, adjusted_r2, r2. Got 'max'"),
         ({"drop_first": -1}, "drop_first should be >= 0. Got -1"),
         ({"n_permutations": 1}, "n_permutations should be >= 2. Got 1"),
+        ({"null": "shuffle"}, "null should be one of label_shuffle, refit. Got 'shuffle'"),
     ],
 )
 def test_bad_parameters_name_the_value(kwargs: dict, match: str) -> None:
@@ -307,6 +308,8 @@ def test_cli_parses_run_and_bicluster() -> None:
     assert kwargs["row_ks"] == (6, 9) and kwargs["col_ks"] == (6, 9) and kwargs["drop_first"] == 1
     args = parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"])
     assert _bicluster_kwargs(args)["col_ks"] == (4,) and args.serial
+    args = parser.parse_args(["bicluster", "--null", "refit", "--refits", "3"])
+    assert _bicluster_kwargs(args)["null"] == "refit" and _bicluster_kwargs(args)["n_refits"] == 3
 
 
 def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

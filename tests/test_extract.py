@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,14 +118,22 @@ def test_minilm_offline(tmp_path: Path) -> None:
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys
-    from tnb.extract import ensure_token_stream, extract_activations
+    import os, signal, sys
+    import tnb.extract as extract
     from tnb.lake import Lake
     from tnb.models import load_tokenizer, resolve_model
+    if sys.argv[3] == "crash":  # SIGKILL itself mid-pass: 4 batches into every layer's staged file
+        calls, table = [0], extract._activation_table
+        def dying(*args):
+            calls[0] += 1
+            if calls[0] == 5 * 4 + 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return table(*args)
+        extract._activation_table = dying
     lake = Lake(sys.argv[1]); spec = resolve_model(sys.argv[2])
     name, tok = load_tokenizer(spec)
-    stream = ensure_token_stream(lake, None, name, tok, 1024, 64)
-    extract_activations(lake, spec, stream, ("resid", "mlp"), None, batch_size=1, progress=False)
+    stream = extract.ensure_token_stream(lake, None, name, tok, 1024, 64)
+    extract.extract_activations(lake, spec, stream, ("resid", "mlp"), None, batch_size=1, progress=False)
     """
 )
 
@@ -140,17 +147,12 @@ def _manifest_checksums(root: Path) -> dict[str, str]:
 
 def test_kill_9_mid_extraction_then_rerun_matches_clean_run(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir)])
-    deadline = time.time() + 120
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir), "crash"])
+    assert killed.returncode == -signal.SIGKILL
     staged = crashed / "_staging"
-    while time.time() < deadline and not (staged.exists() and any(staged.glob("*.parquet"))):
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it write a few row groups
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not list((crashed / "activations").rglob("*.parquet")) if (crashed / "activations").exists() else True
-    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir)], check=True)
+    assert len(list(staged.glob("*.parquet"))) == 5  # five layers were half-written when it died
+    assert not list((crashed / "activations").rglob("*.parquet"))  # and none of them is visible
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(crashed), str(tiny_gpt2_dir), "resume"], check=True)
     clean_lake = Lake(clean)  # the same run, uninterrupted, in this process
     spec = resolve_model(str(tiny_gpt2_dir))
     name, tokenizer = load_tokenizer(spec)

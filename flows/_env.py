@@ -35,3 +35,29 @@ def configure() -> None:
 
 
 configure()
+
+
+def quiet_user_errors() -> None:
+    """Log a :class:`tnb.errors.TnbError` from a task or flow as its one-line message.
+
+    Prefect logs every task and flow failure with its traceback; for bad input the
+    message already says what is wrong and what to do, and the CLI prints it once more
+    as ``tnb: error: ...``. Other exceptions keep their tracebacks. Done in the record
+    factory, because Prefect (re)configures its handlers when its server starts.
+    """
+    import logging
+
+    from tnb.errors import TnbError
+
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "tnb_one_line", False):
+        return
+
+    def one_line_user_errors(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if record.exc_info and isinstance(record.exc_info[1], TnbError):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    one_line_user_errors.tnb_one_line = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(one_line_user_errors)

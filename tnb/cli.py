@@ -52,42 +52,46 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     _preflight(args)
+    from flows.cli import prefect_api
     from flows.extract import tokenize_flow
 
-    stream = tokenize_flow(
-        lake=args.lake,
-        model=args.model,
-        corpus=args.corpus,
-        hub_config=args.corpus_config,
-        max_tokens=args.max_tokens,
-        seq_len=args.seq_len,
-        text_column=args.text_column,
-        max_documents=args.max_documents,
-        overwrite=args.overwrite,
-    )
+    with prefect_api():  # the server the user runs (UI), else one temporary server
+        stream = tokenize_flow(
+            lake=args.lake,
+            model=args.model,
+            corpus=args.corpus,
+            hub_config=args.corpus_config,
+            max_tokens=args.max_tokens,
+            seq_len=args.seq_len,
+            text_column=args.text_column,
+            max_documents=args.max_documents,
+            overwrite=args.overwrite,
+        )
     print(f"tokens: {os.path.join(args.lake, 'tokens', 'stream=' + stream)}")
     return 0
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     _preflight(args)
+    from flows.cli import prefect_api
     from flows.extract import extract_flow
 
-    result = extract_flow(
-        lake=args.lake,
-        model=args.model,
-        corpus=args.corpus,
-        hub_config=args.corpus_config,
-        max_tokens=args.max_tokens,
-        seq_len=args.seq_len,
-        sites=tuple(args.site),
-        layers=args.layers,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-        text_column=args.text_column,
-        max_documents=args.max_documents,
-    )
+    with prefect_api():  # the server the user runs (UI), else one temporary server
+        result = extract_flow(
+            lake=args.lake,
+            model=args.model,
+            corpus=args.corpus,
+            hub_config=args.corpus_config,
+            max_tokens=args.max_tokens,
+            seq_len=args.seq_len,
+            sites=tuple(args.site),
+            layers=args.layers,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            text_column=args.text_column,
+            max_documents=args.max_documents,
+        )
     print(
         f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "
         f"{len(result['skipped'])} already complete"

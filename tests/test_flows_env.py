@@ -32,7 +32,7 @@ def _record(error: Exception) -> logging.LogRecord:
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    logger = logging.getLogger("prefect.task_runs.tnb-test")
+    logger = logging.getLogger("tnb.tests.flows_env")  # the record factory is global
     handler = Keep()
     logger.addHandler(handler)
     try:

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="token stream -> per-layer activations in the lake")
     add_corpus_args(extract)
     extract.add_argument("--model", default="minilm", help=f"{', '.join(PRESETS)}, a model directory or a hub id")
-    extract.add_argument("--site", action="append", choices=SITES, help="resid (default) and/or mlp; repeatable")
+    extract.add_argument(
+        "--site", "--sites", dest="site", nargs="+", action="extend", choices=SITES,
+        help="resid (default) and/or mlp: --site resid --site mlp, or --sites resid mlp",
+    )
     extract.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
     extract.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
     extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")

@@ -50,23 +50,28 @@ def _preflight(args: argparse.Namespace) -> None:
         raise TnbError("--corpus-config needs --corpus (a hub dataset id such as wikimedia/wikipedia)")
 
 
+def _stream_options(args: argparse.Namespace) -> dict:
+    """The options every command that builds a token stream passes on to its flow."""
+    return {
+        "lake": args.lake,
+        "model": args.model,
+        "corpus": args.corpus,
+        "hub_config": args.corpus_config,
+        "max_tokens": args.max_tokens,
+        "seq_len": args.seq_len,
+        "text_column": args.text_column,
+        "max_documents": args.max_documents,
+        "overwrite": args.overwrite,
+    }
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     _preflight(args)
     from flows.cli import prefect_api
     from flows.extract import tokenize_flow
 
     with prefect_api():  # the server the user runs (UI), else one temporary server
-        stream = tokenize_flow(
-            lake=args.lake,
-            model=args.model,
-            corpus=args.corpus,
-            hub_config=args.corpus_config,
-            max_tokens=args.max_tokens,
-            seq_len=args.seq_len,
-            text_column=args.text_column,
-            max_documents=args.max_documents,
-            overwrite=args.overwrite,
-        )
+        stream = tokenize_flow(**_stream_options(args))
     print(f"tokens: {os.path.join(args.lake, 'tokens', 'stream=' + stream)}")
     return 0
 
@@ -78,19 +83,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     with prefect_api():  # the server the user runs (UI), else one temporary server
         result = extract_flow(
-            lake=args.lake,
-            model=args.model,
-            corpus=args.corpus,
-            hub_config=args.corpus_config,
-            max_tokens=args.max_tokens,
-            seq_len=args.seq_len,
+            **_stream_options(args),
             sites=tuple(args.site),
             layers=args.layers,
             batch_size=args.batch_size,
             dtype=args.dtype,
-            overwrite=args.overwrite,
-            text_column=args.text_column,
-            max_documents=args.max_documents,
         )
     print(
         f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "

@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tnb.bicluster_stage import BiclusterParams, bicluster_partition, is_done, layer_partitions
+from tnb.bicluster_stage import BiclusterParams, bicluster_partition, is_done, layer_partitions, null_chunk
 from tnb.lake import Lake
 
 
@@ -81,17 +81,47 @@ def list_partitions_task(
 
 
 @task(
+    name="null-draws",
+    task_run_name="null {model}/{site}/layer={layer} draws {first}-{last}",
+    cache_policy=NO_CACHE,
+)
+def null_task(
+    lake: str, model: str, site: str, layer: int, params: dict[str, Any], first: int, last: int,
+    blas_threads: int | None,
+) -> dict[str, Any]:
+    """Null draws ``first..last`` of one layer: each a whole grid refit on a matrix without association."""
+    import time
+
+    start = time.perf_counter()
+    with _blas_threads(blas_threads):
+        values = null_chunk(Lake(lake), model, site, layer, BiclusterParams.from_mapping(params), range(first, last + 1))
+    return {"first": first, "values": values.tolist(), "seconds": time.perf_counter() - start}
+
+
+@task(
     name="bicluster-layer",
     task_run_name="bicluster {model}/{site}/layer={layer}",
     cache_policy=NO_CACHE,  # the lake's manifests decide what is skipped; see the module docstring
 )
 def bicluster_task(
-    lake: str, model: str, site: str, layer: int, params: dict[str, Any], overwrite: bool, blas_threads: int | None
+    lake: str, model: str, site: str, layer: int, params: dict[str, Any], overwrite: bool, blas_threads: int | None,
+    null_parts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Bicluster one layer over the grid and publish its labels and metrics (no retries: compute)."""
+    """Bicluster one layer over the grid (+ stability seeds), combine its null, publish labels and metrics."""
+    import numpy as np
+
+    null_values = None
+    if null_parts:
+        parts = sorted(null_parts, key=lambda part: part["first"])
+        null_values = np.concatenate([np.asarray(part["values"], dtype=np.float64) for part in parts])
     with _blas_threads(blas_threads):
-        outcome = bicluster_partition(Lake(lake), model, site, layer, BiclusterParams.from_mapping(params), overwrite=overwrite)
-    return outcome.as_dict()
+        outcome = bicluster_partition(
+            Lake(lake), model, site, layer, BiclusterParams.from_mapping(params), overwrite=overwrite,
+            null_values=null_values,
+        )
+    result = outcome.as_dict()
+    result["null_task_seconds"] = [part["seconds"] for part in null_parts or []]
+    return result
 
 
 def default_workers(n_partitions: int, n_cores: int | None = None) -> int:
@@ -138,7 +168,7 @@ def make_task_runner(
             "threads_per_worker": 1,
             "processes": True,
             "env": threads_env,  # set before each worker process starts, so its OpenMP sees it
-            "dashboard_address": ":0",  # a free port: concurrent runs do not collide
+            "dashboard_address": "127.0.0.1:0",  # loopback only; a free port: concurrent runs do not collide
         },
     )
     return runner, BLAS_THREADS_PER_TASK
@@ -151,9 +181,24 @@ def _bicluster_partitions(
     params: dict[str, Any],
     overwrite: bool,
     blas_threads: int | None,
+    todo: list[tuple[str, str, int]] | None = None,
+    null_chunk_size: int = 25,
 ) -> list[dict[str, Any]]:
+    # Every layer still to do gets its null as separate tasks (chunks of draws), submitted
+    # first so that workers start on them at once; its final task waits for its chunks.
+    bicluster_params = BiclusterParams.from_mapping(params)
+    todo_set = {tuple(p) for p in (partitions if todo is None else todo)}
+    null_futures: dict[tuple[str, str, int], list[Any]] = {}
+    for model, site, layer in partitions:
+        if (model, site, layer) in todo_set:
+            null_futures[(model, site, layer)] = [
+                null_task.submit(lake, model, site, layer, params, chunk[0], chunk[-1], blas_threads)
+                for chunk in bicluster_params.null_chunks(null_chunk_size)
+            ]
     futures = [
-        bicluster_task.submit(lake, model, site, layer, params, overwrite, blas_threads)
+        bicluster_task.submit(
+            lake, model, site, layer, params, overwrite, blas_threads, null_futures.get((model, site, layer))
+        )
         for model, site, layer in partitions
     ]
     outcomes = []
@@ -176,20 +221,12 @@ def bicluster_flow(
     models: list[str] | None = None,
     sites: list[str] | None = None,
     layers: list[int] | None = None,
-    method: str = "biclustering",
-    row_ks: Sequence[int] = (6, 9, 12),
-    col_ks: Sequence[int] = (6, 9, 12),
-    n_permutations: int = 1000,
-    statistic: str = "r2",
-    selection: str = "z",
-    seed: int = 0,
-    drop_first: int = 0,
-    null: str = "label_shuffle",
-    n_refits: int = 10,
+    bicluster: dict[str, Any] | None = None,
     overwrite: bool = False,
     dask_address: str | None = None,
     n_workers: int | None = None,
     serial: bool = False,
+    null_chunk_size: int = 25,
 ) -> list[dict[str, Any]]:
     """Bicluster every matching activations partition of the lake, in parallel.
 
@@ -199,8 +236,9 @@ def bicluster_flow(
         Lake root.
     models, sites, layers : list, optional
         Which activations partitions (default: every one in the lake).
-    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first, null, n_refits
-        As in :class:`tnb.bicluster_stage.BiclusterParams`.
+    bicluster : dict, optional
+        Fields of :class:`tnb.bicluster_stage.BiclusterParams` (grid, input, null, n_null,
+        n_seeds, selection, seed, drop_first, ...); missing ones take its defaults.
     overwrite : bool
         Redo partitions that are already complete.
     dask_address : str, optional
@@ -209,25 +247,31 @@ def bicluster_flow(
         Workers of the local cluster (default: one per core, at most one per partition).
     serial : bool
         One partition at a time in this process, no Dask.
+    null_chunk_size : int
+        Null draws per Dask task (a layer's null runs as ceil(n_null / null_chunk_size) tasks).
 
     Returns
     -------
     list of dict
-        One :class:`tnb.bicluster_stage.PartitionOutcome` per partition, sorted.
+        One :class:`tnb.bicluster_stage.PartitionOutcome` per partition, sorted, with the
+        seconds of each of its null tasks (``null_task_seconds``).
     """
-    params = BiclusterParams(
-        method=method, row_ks=tuple(row_ks), col_ks=tuple(col_ks), n_permutations=n_permutations,
-        statistic=statistic, selection=selection, seed=seed, drop_first=drop_first, null=null, n_refits=n_refits,
-    )
+    params = BiclusterParams.from_mapping(bicluster or {})
+    params.null_chunks(null_chunk_size)  # validates the chunk size before any cluster starts
     partitions, pending = list_partitions_task(lake, models, sites, layers, params.config())
     todo = partitions if overwrite else pending
     if not todo:
         print(f"all {len(partitions)} partitions already complete; nothing to bicluster")
         serial = True  # no cluster to start for tasks that only confirm the skip
-    runner, blas_threads = make_task_runner(len(todo), dask_address, n_workers, serial)
-    print(f"biclustering {len(todo)} of {len(partitions)} partitions on {_describe(runner, blas_threads)}")
+    n_tasks = len(todo) * (1 + len(params.null_chunks(null_chunk_size)))
+    runner, blas_threads = make_task_runner(n_tasks, dask_address, n_workers, serial)
+    print(
+        f"biclustering {len(todo)} of {len(partitions)} partitions ({params.n_null} null draws each, in chunks "
+        f"of {null_chunk_size}) on {_describe(runner, blas_threads)}"
+    )
     return _bicluster_partitions.with_options(task_runner=runner)(
-        lake, [tuple(p) for p in partitions], params.config(), overwrite, blas_threads
+        lake, [tuple(p) for p in partitions], params.config(), overwrite, blas_threads,
+        [tuple(p) for p in todo], null_chunk_size,
     )
 
 

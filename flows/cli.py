@@ -109,60 +109,72 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
-    from tnb.bicluster_stage import METHODS, NULLS, SELECTION_RULES, STATISTICS
+    from tnb.bicluster_stage import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams
 
+    defaults = BiclusterParams()
     group = parser.add_argument_group("biclustering")
-    group.add_argument("--method", choices=METHODS, default="biclustering", help="(default: %(default)s)")
+    group.add_argument("--method", choices=METHODS, default=defaults.method, help="(default: %(default)s)")
     group.add_argument("--grid", type=int, nargs="+", default=None, metavar="K",
                        help="row and column ks at once (default: 6 9 12)")
     group.add_argument("--row-ks", type=int, nargs="+", default=None, metavar="K", help="token-cluster counts")
     group.add_argument("--col-ks", type=int, nargs="+", default=None, metavar="K", help="neuron-cluster counts")
-    group.add_argument("--permutations", type=int, default=1000, help="label shuffles of the null (default: %(default)s)")
-    group.add_argument("--statistic", choices=STATISTICS, default="r2", help="what Z tests (default: %(default)s)")
-    group.add_argument("--selection", choices=SELECTION_RULES, default="z",
+    group.add_argument("--input", choices=INPUTS, default=defaults.input,
+                       help="cluster the study's |z| per neuron or the signed z (default: %(default)s)")
+    group.add_argument("--null", choices=NULLS, default=defaults.null,
+                       help="null of z and p; each draw refits the whole grid (default: %(default)s)")
+    group.add_argument("--n-null", type=int, default=defaults.n_null,
+                       help="null draws; p >= 1/(n_null+1) (default: %(default)s)")
+    group.add_argument("--statistic", choices=STATISTICS, default=defaults.statistic,
+                       help="what z and p test (default: %(default)s)")
+    group.add_argument("--n-seeds", type=int, default=defaults.n_seeds,
+                       help="fits with different seeds behind `stability` (default: %(default)s)")
+    group.add_argument("--n-shuffles", type=int, default=defaults.n_shuffles,
+                       help="label shuffles behind z_shuffle, fitted vs shuffled labels (default: %(default)s)")
+    group.add_argument("--selection", choices=SELECTION_RULES, default=defaults.selection,
                        help="rule picking each layer's grid point (default: %(default)s; 'r2' is the study's)")
-    group.add_argument("--null", choices=NULLS, default="label_shuffle",
-                       help="where Z comes from: label shuffles, or refits on column-shuffled data (stricter, slower)")
-    group.add_argument("--refits", type=int, default=10, help="refits of --null refit (default: %(default)s)")
-    group.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    group.add_argument("--drop-first", type=int, default=0,
+    group.add_argument("--alpha", type=float, default=defaults.alpha,
+                       help="significance level of p_layer (default: %(default)s)")
+    group.add_argument("--min-stability", type=float, default=defaults.min_stability,
+                       help="stability (mean pairwise ARI) a finding needs (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
+    group.add_argument("--drop-first", type=int, default=defaults.drop_first,
                        help="leave the first N positions of every sequence out of the matrix (default: %(default)s)")
     where = parser.add_argument_group("where the bicluster tasks run")
     where.add_argument("--dask-address", default=None, metavar="ADDR",
                        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
     where.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core)")
     where.add_argument("--serial", action="store_true", help="no Dask: one layer at a time in this process")
-
-
-def _bicluster_kwargs(args: argparse.Namespace) -> dict:
-    grid = args.grid or [6, 9, 12]
-    return {
-        "method": args.method,
-        "row_ks": tuple(args.row_ks or grid),
-        "col_ks": tuple(args.col_ks or grid),
-        "n_permutations": args.permutations,
-        "statistic": args.statistic,
-        "selection": args.selection,
-        "seed": args.seed,
-        "drop_first": args.drop_first,
-        "null": args.null,
-        "n_refits": args.refits,
-        "dask_address": args.dask_address,
-        "n_workers": args.workers,
-        "serial": args.serial,
-    }
+    where.add_argument("--null-chunk", type=int, default=25,
+                       help="null draws per Dask task (default: %(default)s)")
 
 
 _PARAM_NAMES = (
-    "method", "row_ks", "col_ks", "n_permutations", "statistic", "selection", "seed", "drop_first", "null", "n_refits",
+    "method", "row_ks", "col_ks", "input", "null", "n_null", "statistic", "n_seeds", "n_shuffles", "selection",
+    "alpha", "min_stability", "seed", "drop_first",
 )
+
+
+def _bicluster_kwargs(args: argparse.Namespace) -> dict:
+    """The flows' keyword arguments: ``bicluster`` (the stage's parameters) and where tasks run."""
+    grid = args.grid or [6, 9, 12]
+    values = {name: getattr(args, name, None) for name in _PARAM_NAMES}
+    values["row_ks"] = tuple(args.row_ks or grid)
+    values["col_ks"] = tuple(args.col_ks or grid)
+    return {
+        "bicluster": values,
+        "dask_address": args.dask_address,
+        "n_workers": args.workers,
+        "serial": args.serial,
+        "null_chunk_size": args.null_chunk,
+    }
 
 
 def _check_params(kwargs: dict) -> None:
     """Validate before any server or cluster starts (errors print as one line)."""
     from tnb.bicluster_stage import BiclusterParams
 
-    BiclusterParams(**{name: kwargs[name] for name in _PARAM_NAMES})
+    params = BiclusterParams.from_mapping(kwargs["bicluster"])
+    params.null_chunks(kwargs["null_chunk_size"])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -198,7 +210,7 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
     # bad input fails here, as one line, before any server or cluster starts
-    params = BiclusterParams(**{name: kwargs[name] for name in _PARAM_NAMES})
+    params = BiclusterParams.from_mapping(kwargs["bicluster"])
     for partition in layer_partitions(lake, args.model, args.sites, args.layers):
         if not args.overwrite:
             is_done(lake, *partition, params)

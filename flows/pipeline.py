@@ -34,14 +34,6 @@ STUDY = {
     "max_tokens": 20_000,
     "seq_len": 128,
     "sites": ("resid",),
-    "method": "biclustering",
-    "row_ks": (6, 9, 12),
-    "col_ks": (6, 9, 12),
-    "n_permutations": 1000,
-    "statistic": "r2",
-    "selection": "z",
-    "seed": 0,
-    "drop_first": 0,
 }
 
 
@@ -148,16 +140,8 @@ def pipeline_flow(
     batch_size: int = 16,
     text_column: str = "text",
     max_documents: int | None = None,
-    method: str = STUDY["method"],
-    row_ks: Sequence[int] = STUDY["row_ks"],
-    col_ks: Sequence[int] = STUDY["col_ks"],
-    n_permutations: int = STUDY["n_permutations"],
-    statistic: str = STUDY["statistic"],
-    selection: str = STUDY["selection"],
-    seed: int = STUDY["seed"],
-    drop_first: int = STUDY["drop_first"],
-    null: str = "label_shuffle",
-    n_refits: int = 10,
+    bicluster: dict[str, Any] | None = None,
+    null_chunk_size: int = 25,
     dask_address: str | None = None,
     n_workers: int | None = None,
     serial: bool = False,
@@ -188,8 +172,11 @@ def pipeline_flow(
         Sequences per forward pass.
     text_column, max_documents
         The corpus's text column, and at most how many documents to read.
-    method, row_ks, col_ks, n_permutations, statistic, selection, seed, drop_first, null, n_refits
-        The bicluster stage (:class:`tnb.bicluster_stage.BiclusterParams`).
+    bicluster : dict, optional
+        The bicluster stage's parameters (fields of :class:`tnb.bicluster_stage.BiclusterParams`:
+        grid, input, null, n_null, n_seeds, selection, seed, drop_first, ...); default: its defaults.
+    null_chunk_size : int
+        Null draws per Dask task.
     dask_address, n_workers, serial
         Where the bicluster tasks run (:func:`flows.bicluster.make_task_runner`).
     report_dir : str, optional
@@ -207,6 +194,9 @@ def pipeline_flow(
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"stages should be among {STAGES}. Got {unknown} instead.")
+    from tnb.bicluster_stage import BiclusterParams
+
+    params = BiclusterParams.from_mapping(bicluster or {})
     outcome: dict[str, Any] = {"seconds": {}}
     model_names: list[str] = []
     if "extract" in stages:
@@ -228,17 +218,16 @@ def pipeline_flow(
     if "bicluster" in stages:
         start = time.perf_counter()
         outcome["bicluster"] = bicluster_flow(
-            lake=lake, models=model_names, sites=list(sites), layers=layers, method=method, row_ks=row_ks,
-            col_ks=col_ks, n_permutations=n_permutations, statistic=statistic, selection=selection, seed=seed,
-            drop_first=drop_first, null=null, n_refits=n_refits, overwrite=overwrite, dask_address=dask_address,
-            n_workers=n_workers, serial=serial,
+            lake=lake, models=model_names, sites=list(sites), layers=layers, bicluster=params.config(),
+            overwrite=overwrite, dask_address=dask_address, n_workers=n_workers, serial=serial,
+            null_chunk_size=null_chunk_size,
         )
         outcome["seconds"]["bicluster"] = time.perf_counter() - start
     if "analyze" in stages and report_dir:
         start = time.perf_counter()
         outcome["analyze"] = analyze_flow(
-            lake=lake, report_dir=report_dir, site=sites[0] if len(sites) == 1 else None, method=method,
-            drop_first=drop_first,
+            lake=lake, report_dir=report_dir, site=sites[0] if len(sites) == 1 else None, method=params.method,
+            drop_first=params.drop_first,
         )
         outcome["seconds"]["analyze"] = time.perf_counter() - start
     return outcome

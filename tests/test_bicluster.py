@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,14 +17,13 @@ from sklearn.metrics import adjusted_rand_score, consensus_score
 
 from tnb import bicluster as tb
 from tnb.bicluster import (
-    BiclusterResult,
     SpectralBiclustering,
     SpectralCoclustering,
     grid_search,
     mark_selected,
-    refit_null,
+    null_statistics,
 )
-from tnb.metrics import block_r2
+from tnb.metrics import block_r2, block_sums, r2_parts_from_sums, total_sum_of_squares
 from tnb.prepare import prepare
 from tnb.schemas import LABELS, METRICS
 
@@ -161,147 +161,248 @@ def test_coclustering_consensus_at_least_sklearn(shape, k, noise) -> None:
 
 
 @pytest.mark.slow
-def test_full_size_planted_layer_is_recovered_by_the_grid() -> None:
-    """20,000 x 768 with a planted 6 x 6 checkerboard: the grid finds it exactly, and the refit Z selects it.
+def test_full_size_planted_layer_is_recovered_and_selected() -> None:
+    """20,000 x 768 with a planted 6 x 6 checkerboard: the grid finds it exactly, and it is a finding.
 
-    The study's r2 rule picks the largest grid; so does the label-shuffle Z on this matrix (its null
-    sd shrinks as blocks are added), which is why the refit null exists.
+    The study's r2 rule picks the largest grid; the default rule (excess over the null, charged
+    for k) picks the planted one.
     """
-    from tnb.metrics import permutation_test
-
     A, rows, cols = _planted((20_000, 768), 6, noise=0.5)
-    results = grid_search(A, (6, 9), (6, 9), null="refit", n_refits=3, random_state=0)
+    results = grid_search(A, (6, 9), (6, 9), n_null=4, n_seeds=2, n_shuffles=0, random_state=0)
     planted = next(r for r in results if (r.row_k, r.col_k) == (6, 6))
     assert adjusted_rand_score(rows, planted.row_labels) == 1.0
     assert adjusted_rand_score(cols, planted.col_labels) == 1.0
-    assert planted.selected and planted.null == "refit" and planted.z > 100
+    assert planted.selected and planted.null == "interaction_refit" and planted.z > 100
+    assert planted.stability == 1.0
     assert next(r for r in mark_selected(results, "r2") if r.selected).row_k == 9
-    shuffled = permutation_test(A, planted.row_labels, planted.col_labels, n_permutations=100, random_state=0)
-    assert shuffled.z > 100 and shuffled.p == pytest.approx(1 / 101)
 
 
 # ---------------------------------------------------------------- the grid
+
+_FAST = {"n_null": 4, "n_seeds": 2, "n_shuffles": 0}
 
 
 def test_grid_labels_equal_one_estimator_per_point() -> None:
     X, _, _ = _checkerboard((240, 90), (4, 3), noise=8, seed=2)
     A = prepare(X).matrix
-    results = grid_search(A, (3, 4), (2, 3), n_permutations=20, random_state=5)
+    results = grid_search(A, (3, 4), (2, 3), null=None, n_seeds=1, n_shuffles=0, random_state=5)
     assert [(r.row_k, r.col_k) for r in results] == [(3, 2), (3, 3), (4, 2), (4, 3)]
     for result in results:
         model = SpectralBiclustering((result.row_k, result.col_k), random_state=5).fit(A)
         np.testing.assert_array_equal(model.row_labels_, result.row_labels)
         np.testing.assert_array_equal(model.column_labels_, result.col_labels)
-        assert result.r2 == pytest.approx(block_r2(A, result.row_labels, result.col_labels), abs=1e-12)
+        assert result.r2 == pytest.approx(block_r2(A, result.row_labels, result.col_labels), rel=1e-6)
+        assert math.isnan(result.p) and result.n_null == 0 and not result.significant
 
 
 def test_coclustering_grid_runs_the_shared_ks_and_matches_the_estimator_at_the_largest() -> None:
     X, _, _ = _biclusters((240, 120), 4, noise=2, seed=1)
-    results = grid_search(X, (3, 4, 5), (4, 3), method="coclustering", n_permutations=20, random_state=0)
+    results = grid_search(X, (3, 4, 5), (4, 3), method="coclustering", **_FAST, random_state=0)
     assert [(r.row_k, r.col_k) for r in results] == [(3, 3), (4, 4)]
     model = SpectralCoclustering(4, random_state=0).fit(X)  # same number of singular vectors as the grid's SVD
     np.testing.assert_array_equal(model.row_labels_, results[1].row_labels)
     assert all(r.method == "coclustering" for r in results)
 
 
-def test_grid_search_svd_is_computed_once(monkeypatch) -> None:
+def test_grid_search_svd_is_computed_once_per_fit(monkeypatch) -> None:
     calls = []
     original = tb._svd
     monkeypatch.setattr(tb, "_svd", lambda *args, **kwargs: calls.append(args[1]) or original(*args, **kwargs))
     X, _, _ = _checkerboard((150, 60), (3, 3), noise=5)
-    grid_search(X, (2, 3, 4), (2, 3, 4), n_permutations=10, random_state=0)
+    grid_search(X, (2, 3, 4), (2, 3, 4), null=None, n_seeds=1, n_shuffles=0, random_state=0)
     assert calls == [7]  # n_components + 1, once for nine grid points
     calls.clear()
-    grid_search(np.abs(X), (2, 3, 5), (2, 3, 5), method="coclustering", n_permutations=10, random_state=0)
+    grid_search(np.abs(X), (2, 3, 5), (2, 3, 5), method="coclustering", null=None, n_seeds=1, random_state=0)
     assert calls == [4]  # 1 + ceil(log2(5)), for the largest k only
+    calls.clear()
+    grid_search(X, (2, 3), (2, 3), n_null=3, n_seeds=2, n_shuffles=0, random_state=0)
+    assert calls == [7] * (1 + 1 + 3)  # the fit, one more seed, three null draws: one SVD per whole grid
 
 
 def test_same_seed_gives_bit_identical_results() -> None:
     X, _, _ = _checkerboard((200, 80), (3, 4), noise=10, seed=4)
-    first = grid_search(X, (3, 4), (3, 4), n_permutations=50, random_state=11)
-    second = grid_search(X, (3, 4), (3, 4), n_permutations=50, random_state=11)
+    first = grid_search(X, (3, 4), (3, 4), n_null=5, n_seeds=2, n_shuffles=20, random_state=11)
+    second = grid_search(X, (3, 4), (3, 4), n_null=5, n_seeds=2, n_shuffles=20, random_state=11)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a.row_labels, b.row_labels)
         np.testing.assert_array_equal(a.col_labels, b.col_labels)
-        for field in ("r2", "adjusted_r2", "observed", "z", "p", "null_mean", "null_sd", "spec_mean", "cluster_spec_mean"):
+        np.testing.assert_array_equal(a.null_draws, b.null_draws)
+        for field in ("r2", "r2_interaction", "observed", "z", "p", "p_layer", "null_mean", "z_shuffle",
+                      "stability", "spec_mean", "spec_mean_noise", "spec_mi"):
             assert getattr(a, field) == getattr(b, field) or (
                 math.isnan(getattr(a, field)) and math.isnan(getattr(b, field))
             ), field
     assert all(r.seed == 11 for r in first)
-    drawn = grid_search(X, (3,), (3,), n_permutations=10)
+    drawn = grid_search(X, (3,), (3,), null=None, n_seeds=1, n_shuffles=0)
     assert isinstance(drawn[0].seed, int)
 
 
 def test_results_carry_everything_the_metrics_table_needs() -> None:
     X, _, _ = _checkerboard((200, 60), (3, 3), noise=5)
-    results = grid_search(prepare(X), (2, 3), (3,), n_permutations=30, random_state=0, statistic="mean_block_mean")
+    results = grid_search(prepare(X), (2, 3), (3,), n_null=5, n_seeds=2, n_shuffles=10, random_state=0)
     rows = [r.metrics_row() for r in results]
     assert set(rows[0]) == set(METRICS.names) - {"code_version"}
     table = pa.Table.from_pylist([{**row, "code_version": "test"} for row in rows], schema=METRICS)
     assert table.column("selected").to_pylist().count(True) == 1
-    assert set(table.column("statistic").to_pylist()) == {"mean_block_mean"}
-    assert set(table.column("null").to_pylist()) == {"label_shuffle"}
+    assert set(table.column("statistic").to_pylist()) == {"r2_interaction"}
+    assert set(table.column("null").to_pylist()) == {"interaction_refit"}
+    assert table.column("n_null").to_pylist() == [5, 5] and len(table.column("null_draws")[0]) == 5
+    for result in results:  # the exact split
+        assert result.r2 == pytest.approx(result.r2_rows + result.r2_cols + result.r2_interaction, abs=1e-12)
+        assert result.observed == result.r2_interaction
+        assert result.excess == pytest.approx(result.observed - result.null_mean)
     labels = pa.table(results[0].labels_columns(np.arange(1000, 1200)), schema=LABELS)
     assert labels.num_rows == 260
     assert labels.filter(pa.compute.equal(labels["axis"], "token"))["index"][0].as_py() == 1000
 
 
-def test_refit_null_is_stricter_than_label_shuffles_on_noise() -> None:
-    """On structureless data, fitted labels beat shuffled labels; they do not beat refits on shuffled data."""
+def test_r2_split_separates_loudness_from_token_neuron_structure() -> None:
+    """Row effects only (loud tokens) land in r2_rows; a planted checkerboard in r2_interaction."""
     rng = np.random.default_rng(0)
-    noise = prepare(rng.standard_normal((300, 60))).matrix
-    shuffled = grid_search(noise, (4,), (4,), n_components=4, n_permutations=200, random_state=1)[0]
-    refit = grid_search(noise, (4,), (4,), n_components=4, null="refit", n_refits=12, random_state=1)[0]
-    assert shuffled.null == "label_shuffle" and refit.null == "refit" and refit.n_permutations == 12
-    assert shuffled.z > 10
-    assert abs(refit.z) < 4
-    assert shuffled.r2 == refit.r2  # same fit, different null
-
-    X, _, _ = _checkerboard((300, 60), (4, 4), noise=20)
-    planted = grid_search(prepare(X), (4,), (4,), n_components=4, null="refit", n_refits=5, random_state=1)[0]
-    assert planted.z > 10
+    loud = np.abs(rng.standard_normal((400, 60))) * np.repeat([0.5, 1.0, 3.0, 6.0], 100)[:, None]
+    (result,) = grid_search(loud.astype(np.float32), (4,), (3,), n_components=4, null=None, n_seeds=1,
+                            n_shuffles=0, random_state=0)
+    assert result.r2_rows > 0.1 and result.r2_interaction < 0.1 * result.r2_rows and result.r2_cols < 0.01
+    A, _, _ = _planted((400, 60), 3, noise=0.3)
+    (planted,) = grid_search(A, (3,), (3,), n_components=4, null=None, n_seeds=1, n_shuffles=0, random_state=0)
+    assert planted.r2_interaction > 0.3
 
 
-def test_refit_null_function_shape() -> None:
-    X, _, _ = _checkerboard((100, 40), (3, 3), noise=5)
-    values = refit_null(X, (2, 3), (3,), n_refits=3, n_components=3, random_state=0)
-    assert set(values) == {(2, 3), (3, 3)} and all(v.shape == (3,) for v in values.values())
+def test_null_draws_do_not_depend_on_how_they_are_split() -> None:
+    X, _, _ = _checkerboard((150, 50), (3, 3), noise=10)
+    A = prepare(X).matrix
+    whole = null_statistics(A, (2, 3), (3,), draws=range(6), n_components=4, random_state=3)
+    parts = np.vstack([null_statistics(A, (2, 3), (3,), draws=d, n_components=4, random_state=3)
+                       for d in ([0, 1], [2, 3, 4], [5])])
+    np.testing.assert_array_equal(whole, parts)
+    results = grid_search(A, (2, 3), (3,), n_components=4, n_null=6, n_seeds=1, n_shuffles=0, random_state=3)
+    np.testing.assert_array_equal(np.column_stack([r.null_draws for r in results]), whole)
+    given = grid_search(A, (2, 3), (3,), n_components=4, n_null=6, n_seeds=1, n_shuffles=0, random_state=3,
+                        null_values=whole)
+    assert [r.p for r in given] == [r.p for r in results]
+    with pytest.raises(ValueError, match=r"null_values should have shape \(n_null, n_points\) = \(6, 2\)"):
+        grid_search(A, (2, 3), (3,), n_components=4, n_null=6, random_state=3, null_values=whole[:3])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_null_matrix_keeps_token_and_neuron_scales_and_loses_their_association(signed) -> None:
+    rng = np.random.default_rng(0)
+    loud = rng.standard_normal((300, 80)) * np.exp(rng.standard_normal(300))[:, None] * rng.uniform(0.2, 3, 80)
+    loud = (loud if signed else np.abs(loud)).astype(np.float32)
+    null = tb.null_matrix(loud, np.random.default_rng(1))
+    assert null.shape == loud.shape and null.dtype == np.float32
+    assert (null.min() >= 0) == (not signed)
+    assert np.corrcoef(null.std(axis=1), loud.std(axis=1))[0, 1] > 0.9  # loud tokens stay loud
+    assert np.corrcoef(null.std(axis=0), loud.std(axis=0))[0, 1] > 0.7  # every neuron keeps its scale
+
+    A, rows, cols = _planted((300, 80), 3, noise=0.2)
+    X = (A * np.exp(rng.standard_normal(300))[:, None]).astype(np.float32)
+    X = X - X.mean(axis=0) if signed else X
+
+    def interaction(matrix):
+        sums, sizes = block_sums(matrix, rows, cols)
+        moments = total_sum_of_squares(matrix)
+        return r2_parts_from_sums(sums, sizes, sum_squares=moments[0], total=moments[1],
+                                  n_elements=moments[2])["r2_interaction"]
+
+    assert interaction(tb.null_matrix(X, np.random.default_rng(1))) < 0.1 * interaction(X)  # structure gone
+    column = tb.null_matrix(X, np.random.default_rng(1), "column_refit")
+    np.testing.assert_array_equal(np.sort(column, axis=0), np.sort(X, axis=0))
+
+
+def _calibration(make, n_seeds: int, input: str = "abs") -> float:
+    """Share of matrices with p_layer <= 0.05 over seeds, on a small grid with 19 null draws."""
+    hits = 0
+    for seed in range(n_seeds):
+        A = prepare(make(np.random.default_rng(seed)), input).matrix
+        results = grid_search(A, (3, 4), (3,), n_components=3, n_best=2, n_init=3, n_null=19, n_seeds=1,
+                              n_shuffles=0, random_state=seed)
+        hits += any(r.significant for r in results)
+    return hits / n_seeds
+
+
+def _noise(rng):
+    return rng.standard_normal((160, 40))
+
+
+def _loud(rng):  # token and neuron magnitudes only: no token x neuron structure at all
+    return rng.standard_normal((160, 40)) * np.exp(rng.standard_normal(160))[:, None] * rng.uniform(0.1, 5, 40)
+
+
+def _strong(rng):
+    rows, cols = rng.integers(0, 3, 160), rng.integers(0, 3, 40)
+    return rng.standard_normal((160, 40)) + 1.5 * rng.standard_normal((3, 3))[rows][:, cols]
+
+
+@pytest.mark.parametrize("input", ["abs", "signed"])
+@pytest.mark.parametrize("make", [_noise, _loud])
+def test_the_null_is_calibrated_where_nothing_is_planted(make, input) -> None:
+    """At most 2 of 12 structureless matrices are significant (5% expected; P(>= 3) < 2% if calibrated)."""
+    assert _calibration(make, 12, input) <= 2 / 12
+
+
+def test_planted_structure_is_significant_and_label_shuffles_call_everything_significant() -> None:
+    assert _calibration(_strong, 5, "signed") == 1.0
+    A = prepare(_noise(np.random.default_rng(0))).matrix
+    (noise,) = grid_search(A, (3,), (3,), n_components=3, n_null=19, n_seeds=2, n_shuffles=100, random_state=0)
+    assert noise.z_shuffle > 5  # fitted labels always beat shuffled labels ...
+    assert not noise.significant and not noise.finding  # ... which is why they are not the null
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_noise, _loud])
+def test_the_null_is_calibrated_over_many_seeds(make) -> None:
+    """60 matrices: 3 expected significant; more than 8 has probability < 1% if the null is calibrated."""
+    assert _calibration(make, 60) <= 8 / 60
 
 
 # ---------------------------------------------------------------- selection
 
 
-def _result(row_k, col_k, r2, z, adjusted=None):
-    return BiclusterResult(
-        "biclustering", row_k, col_k, 10, 10, np.zeros(10, np.int32), np.zeros(10, np.int32), r2,
-        r2 if adjusted is None else adjusted, "r2", r2, z, 0.01, 0.0, 1.0, "label_shuffle", 100,
-        0.1, 0.1, 0.1, 1.0, 0,
-    )  # fmt: skip
+def _grid(scores, sds=None, significant=True, stability=1.0):
+    """Synthetic grid points from one real result, with given excess (and null sd)."""
+    X, _, _ = _checkerboard((60, 30), (2, 2), noise=1)
+    (base,) = grid_search(X, (2,), (2,), n_components=3, null=None, n_seeds=1, n_shuffles=0, random_state=0)
+    sds = sds or [0.0] * len(scores)
+    return [
+        dataclasses.replace(base, row_k=rk, col_k=ck, excess=e, z=e, r2=e, adjusted_r2=e, null_sd=sd,
+                            significant=significant, stable=stability >= 0.8, stability=stability)
+        for (rk, ck, e), sd in zip(scores, sds)
+    ]
 
 
 def test_selection_rules() -> None:
-    grid = [_result(2, 2, 0.50, 40.0), _result(3, 3, 0.55, 55.0), _result(4, 4, 0.56, 30.0)]
+    grid = _grid([(2, 2, 0.50), (3, 3, 0.55), (4, 4, 0.56)])
     assert [r.selected for r in mark_selected(grid, "r2")] == [False, False, True]
-    assert [r.selected for r in mark_selected(grid)] == [False, True, False]
-    assert all(r.selection_rule == "z" for r in mark_selected(grid))
-    nan_grid = [_result(2, 2, 0.5, float("nan")), _result(3, 3, 0.5, 1.0)]
+    assert [r.selected for r in mark_selected(grid)] == [False, False, True]  # no spread: the largest excess
+    assert all(r.selection_rule == "excess" for r in mark_selected(grid))
+    charged = _grid([(2, 2, 0.50), (3, 3, 0.55), (4, 4, 0.56)], sds=[0.01, 0.01, 0.01])
+    assert [r.selected for r in mark_selected(charged)] == [False, True, False]  # 0.55 is within 2 sd of 0.56
+    nan_grid = _grid([(2, 2, float("nan")), (3, 3, 0.5)])
     assert [r.selected for r in mark_selected(nan_grid)] == [False, True]
-    tie = [_result(4, 4, 0.5, 3.0), _result(2, 3, 0.5, 3.0), _result(3, 2, 0.5, 3.0)]
+    tie = _grid([(4, 4, 0.5), (2, 3, 0.5), (3, 2, 0.5)])
     assert [r.selected for r in mark_selected(tie)] == [False, True, False]  # fewer blocks, then fewer row clusters
-    with pytest.raises(ValueError, match=r"rule should be one of \('z', 'adjusted_r2', 'r2'\). Got 'max_r2'"):
-        mark_selected(grid, "max_r2")
+    with pytest.raises(ValueError, match=r"rule should be one of \('excess', 'z', 'adjusted_r2', 'r2'\). Got 'max'"):
+        mark_selected(grid, "max")
     with pytest.raises(ValueError, match="at least one grid point"):
         mark_selected([])
+
+
+def test_a_finding_needs_significance_and_stability() -> None:
+    assert any(r.finding for r in mark_selected(_grid([(2, 2, 0.5), (3, 3, 0.6)])))
+    assert not any(r.finding for r in mark_selected(_grid([(2, 2, 0.5)], significant=False)))
+    assert not any(r.finding for r in mark_selected(_grid([(2, 2, 0.5)], stability=0.3)))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_default_selection_does_not_pick_the_largest_grid_on_planted_data(seed) -> None:
     A, _, _ = _planted((600, 120), 3, noise=0.5, seed=seed)
-    results = grid_search(A, (3, 6), (3, 6), n_components=4, n_permutations=200, random_state=0)
+    results = grid_search(A, (3, 6), (3, 6), n_components=4, n_null=19, n_seeds=3, n_shuffles=0, random_state=0)
     by_r2 = next(r for r in mark_selected(results, "r2") if r.selected)
     assert (by_r2.row_k, by_r2.col_k) == (6, 6)  # the study's rule: more blocks always fit better
     chosen = next(r for r in results if r.selected)
     assert (chosen.row_k, chosen.col_k) == (3, 3)
+    assert chosen.finding and chosen.p_layer == pytest.approx(1 / 20) and chosen.stability > 0.8
 
 
 # ---------------------------------------------------------------- validation
@@ -319,21 +420,25 @@ def test_default_selection_does_not_pick_the_largest_grid_on_planted_data(seed) 
         ({"row_ks": (True,)}, TypeError, r"should be an int. Got True of type bool"),
         ({"row_ks": ()}, ValueError, r"should not be empty"),
         ({"method": "kluger"}, ValueError, r"method should be one of \('biclustering', 'coclustering'\). Got 'kluger'"),
-        ({"statistic": "z"}, ValueError, r"statistic should be one of .* Got 'z'"),
-        ({"selection": "max"}, ValueError, r"selection should be one of \('z', 'adjusted_r2', 'r2'\). Got 'max'"),
-        ({"null": "refits"}, ValueError, r"null should be one of \('label_shuffle', 'refit'\). Got 'refits'"),
-        ({"null": "refit", "n_refits": 1}, ValueError, r"n_refits should be an int >= 2. Got 1"),
+        ({"statistic": "z"}, ValueError, r"statistic should be one of \('r2_interaction', 'r2'\). Got 'z'"),
+        ({"selection": "max"}, ValueError, r"selection should be one of .* Got 'max'"),
+        ({"null": "refit"}, ValueError, r"null should be one of \('interaction_refit', 'column_refit'\). Got 'refit'"),
+        ({"n_null": 1}, ValueError, r"n_null should be an int >= 2. Got 1"),
+        ({"n_seeds": 0}, ValueError, r"n_seeds should be an int >= 1. Got 0"),
+        ({"n_shuffles": -1}, ValueError, r"n_shuffles should be an int >= 0. Got -1"),
+        ({"alpha": 1.5}, ValueError, r"alpha should be a number in \(0, 1\). Got 1.5"),
+        ({"min_stability": 2}, ValueError, r"min_stability should be a number in \[-1, 1\]. Got 2"),
+        ({"input": "raw"}, ValueError, r"input should be one of \('abs', 'signed'\). Got 'raw'"),
         ({"normalization": "zscore"}, ValueError, r"normalization should be one of .* Got 'zscore'"),
         ({"n_best": 5, "n_components": 4}, ValueError, r"n_best=5 must be <= n_components=4"),
         ({"n_components": 12}, ValueError, r"n_components=12 .* needs 13 singular vectors, which should be <= 12"),
         ({"svd_method": "lobpcg"}, ValueError, r"svd_method should be 'randomized' or 'arpack'. Got 'lobpcg'"),
         ({"random_state": np.random.RandomState(0)}, ValueError, r"random_state should be None or an int >= 0"),
-        ({"n_permutations": 0}, ValueError, r"n_permutations should be an int >= 2. Got 0"),
         ({"method": "coclustering", "row_ks": (3,), "col_ks": (4,)}, ValueError, r"share none"),
     ],
 )
 def test_grid_search_validation(kwargs, error, match) -> None:
-    arguments = {"row_ks": (2, 3), "col_ks": (2, 3), "n_components": 4, "n_permutations": 10, "random_state": 0}
+    arguments = {"row_ks": (2, 3), "col_ks": (2, 3), "n_components": 4, "n_null": 2, "n_seeds": 1, "random_state": 0}
     with pytest.raises(error, match=match):
         grid_search(np.abs(np.random.default_rng(0).standard_normal((30, 12))), **{**arguments, **kwargs})
 
@@ -392,13 +497,14 @@ def test_any_shape_and_k_fits_or_fails_clearly(n_rows, n_cols, row_k, col_k, see
     if not valid:
         with pytest.raises(ValueError, match=r"(row_k|col_k) in (row_ks|col_ks) should be"):
             grid_search(
-                A, (row_k,), (col_k,), n_components=n_components, n_best=n_best, n_permutations=5, random_state=seed
+                A, (row_k,), (col_k,), n_components=n_components, n_best=n_best, null=None, random_state=seed
             )
         return
     (result,) = grid_search(
-        A, (row_k,), (col_k,), n_components=n_components, n_best=n_best, n_permutations=5, random_state=seed
+        A, (row_k,), (col_k,), n_components=n_components, n_best=n_best, n_null=2, n_seeds=2, n_shuffles=2,
+        random_state=seed,
     )
     assert result.row_labels.shape == (n_rows,) and result.col_labels.shape == (n_cols,)
     assert result.row_labels.max() < row_k and result.col_labels.max() < col_k
-    assert 0.0 <= result.r2 <= 1.0 and 0.0 < result.p <= 1.0
+    assert -1e-9 <= result.r2 <= 1.0 + 1e-9 and 0.0 < result.p <= 1.0
     assert result.selected

@@ -41,10 +41,11 @@ def test_prefect_yaml_declares_the_deployments() -> None:
     for deployment in deployments.values():
         # shared through anchors: the study's parameters, the entrypoint and a process work pool
         assert deployment["entrypoint"] == "flows/pipeline.py:pipeline_flow"
-        assert deployment["parameters"]["row_ks"] == [6, 9, 12] and deployment["parameters"]["n_permutations"] == 1000
+        bicluster = deployment["parameters"]["bicluster"]
+        assert bicluster["row_ks"] == [6, 9, 12] and bicluster["n_null"] == 99 and bicluster["n_seeds"] == 5
         assert deployment["work_pool"]["name"] == "tnb-local"
         assert deployment["work_pool"]["job_variables"]["env"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-    assert any(s.get("active", True) for d in deployments.values() for s in d.get("schedules", []))
+    assert not any(s.get("active", True) for d in deployments.values() for s in d.get("schedules", []))  # ship inactive
     from flows.pipeline import pipeline_flow
 
     accepted = set(pipeline_flow.parameters.properties)
@@ -92,7 +93,8 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         lake = tmp_path / "lake"
         params = {
             "lake": str(lake), "models": [str(tiny_gpt2_dir)], "max_tokens": 256, "seq_len": 64,
-            "row_ks": [2, 3], "col_ks": [2], "n_permutations": 20, "serial": True,
+            "bicluster": {"row_ks": [2, 3], "col_ks": [2], "n_null": 3, "n_seeds": 1, "n_shuffles": 0},
+            "serial": True,
             "stages": ["extract", "bicluster"], "progress": False,
         }
         prefect("deployment", "run", "tnb-pipeline/quickstart", "--params", json.dumps(params))

@@ -31,7 +31,8 @@ from tnb.errors import LakeError
 from tnb.lake import Lake, partition_key
 
 GRID = (2, 3)
-PARAMS = {"row_ks": GRID, "col_ks": GRID, "n_permutations": 50, "seed": 0}
+BICLUSTER = {"row_ks": GRID, "col_ks": GRID, "n_null": 4, "n_seeds": 2, "n_shuffles": 20, "seed": 0}
+PARAMS = {"bicluster": BICLUSTER, "null_chunk_size": 3}
 N_TOKENS, SEQ_LEN = 512, 64
 METRIC_KEYS = ["model", "site", "layer", "method", "drop_first", "row_k", "col_k"]
 LABEL_KEYS = [*METRIC_KEYS, "axis", "index"]
@@ -107,9 +108,12 @@ def test_pipeline_end_to_end(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:
     assert metrics.height == 3 * len(GRID) ** 2
     assert sorted(metrics["layer"].unique()) == [0, 1, 2]
     assert metrics.group_by("layer").agg(pl.col("selected").sum())["selected"].to_list() == [1, 1, 1]
-    assert metrics["r2"].is_between(0, 1).all() and metrics["n_permutations"].unique().to_list() == [50]
+    assert metrics["r2"].is_between(0, 1).all() and metrics["n_null"].unique().to_list() == [4]
+    assert (metrics["null_draws"].list.len() == 4).all() and set(metrics["null"]) == {"interaction_refit"}
+    parts = metrics["r2_rows"] + metrics["r2_cols"] + metrics["r2_interaction"]
+    assert ((parts - metrics["r2"]).abs() < 1e-9).all()
     assert metrics["n_tokens"].unique().to_list() == [N_TOKENS]
-    assert set(metrics["selection_rule"]) == {"z"} and set(metrics["code_version"]) == {__import__("tnb").__version__}
+    assert set(metrics["selection_rule"]) == {"excess"} and set(metrics["code_version"]) == {__import__("tnb").__version__}
     labels = lake.scan("labels").collect()
     tokens = labels.filter(pl.col("axis") == "token")
     neurons = labels.filter(pl.col("axis") == "neuron")
@@ -157,7 +161,7 @@ def test_other_config_is_refused_not_mixed(pipeline_run: dict) -> None:
     lake = pipeline_run["lake"]
     before = lake_snapshot(lake.root)
     with pytest.raises(LakeError, match=r"another config \(seed: 0 in lake vs 1 now\)"):
-        bicluster_flow(lake=str(lake.root), row_ks=GRID, col_ks=GRID, n_permutations=50, seed=1, serial=True)
+        bicluster_flow(lake=str(lake.root), bicluster={**BICLUSTER, "seed": 1}, serial=True)
     assert lake_snapshot(lake.root) == before
 
 
@@ -222,7 +226,8 @@ _CHILD = """
 import sys
 import flows
 from flows.bicluster import bicluster_flow
-bicluster_flow(lake=sys.argv[1], row_ks=(2, 3), col_ks=(2, 3), n_permutations=50, seed=0, serial=True)
+bicluster_flow(lake=sys.argv[1], bicluster={"row_ks": (2, 3), "col_ks": (2, 3), "n_null": 4, "n_seeds": 2,
+               "n_shuffles": 20, "seed": 0}, null_chunk_size=3, serial=True)
 """
 
 
@@ -257,7 +262,7 @@ def test_kill_9_mid_bicluster_then_rerun(pipeline_run: dict, tmp_path: Path, pre
 def test_drop_first_leaves_out_leading_positions(pipeline_run: dict, tmp_path: Path) -> None:
     lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
     model = pipeline_run["outcome"]["extract"][0]["model"]
-    params = BiclusterParams(row_ks=GRID, col_ks=GRID, n_permutations=20, drop_first=1)
+    params = BiclusterParams(row_ks=GRID, col_ks=GRID, n_null=3, n_seeds=1, n_shuffles=0, drop_first=1)
     outcome = bicluster_partition(lake, model, "resid", 1, params)
     n_sequences = -(-N_TOKENS // SEQ_LEN)
     assert outcome.status == "written" and outcome.n_tokens == N_TOKENS - n_sequences
@@ -275,10 +280,13 @@ def test_drop_first_leaves_out_leading_positions(pipeline_run: dict, tmp_path: P
     [
         ({"method": "kmeans"}, "method should be one of biclustering, coclustering. Got 'kmeans'"),
         ({"row_ks": (1, 3)}, "every k should be >= 2"),
-        ({"selection": "max"}, "selection should be one of z, adjusted_r2, r2. Got 'max'"),
-        ({"drop_first": -1}, "drop_first should be >= 0. Got -1"),
-        ({"n_permutations": 1}, "n_permutations should be >= 2. Got 1"),
-        ({"null": "shuffle"}, "null should be one of label_shuffle, refit. Got 'shuffle'"),
+        ({"selection": "max"}, "selection should be one of excess, z, adjusted_r2, r2. Got 'max'"),
+        ({"drop_first": -1}, "drop_first should be an int >= 0. Got -1"),
+        ({"n_null": 1}, "n_null should be an int >= 2. Got 1"),
+        ({"n_seeds": 0}, "n_seeds should be an int >= 1. Got 0"),
+        ({"null": "shuffle"}, "null should be one of interaction_refit, column_refit. Got 'shuffle'"),
+        ({"input": "raw"}, "input should be one of abs, signed. Got 'raw'"),
+        ({"alpha": 0}, r"alpha should be in \(0, 1\). Got 0"),
     ],
 )
 def test_bad_parameters_name_the_value(kwargs: dict, match: str) -> None:
@@ -286,6 +294,8 @@ def test_bad_parameters_name_the_value(kwargs: dict, match: str) -> None:
 
     with pytest.raises(StageError, match=match):
         BiclusterParams(**kwargs)
+    with pytest.raises(StageError, match=r"unknown bicluster parameter\(s\) \['n_permutations'\]"):
+        BiclusterParams.from_mapping({"n_permutations": 1000})
 
 
 def test_missing_activations_is_one_clear_error(tmp_path: Path) -> None:
@@ -300,16 +310,20 @@ def test_cli_parses_run_and_bicluster() -> None:
 
     parser = build_parser()
     args = parser.parse_args(["run", "--lake", "x", "--model", "gpt2", "--model", "gpt2-xl", "--grid", "6", "9",
-                              "--permutations", "10", "--dask-address", "tcp://h:8786", "--drop-first", "1"])
+                              "--n-null", "19", "--dask-address", "tcp://h:8786", "--drop-first", "1"])
     assert args.model == ["gpt2", "gpt2-xl"] and args.grid == [6, 9] and args.dask_address == "tcp://h:8786"
     from flows.cli import _bicluster_kwargs
 
-    kwargs = _bicluster_kwargs(args)
-    assert kwargs["row_ks"] == (6, 9) and kwargs["col_ks"] == (6, 9) and kwargs["drop_first"] == 1
+    params = _bicluster_kwargs(args)["bicluster"]
+    assert params["row_ks"] == (6, 9) and params["col_ks"] == (6, 9) and params["drop_first"] == 1
+    assert params["n_null"] == 19
     args = parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"])
-    assert _bicluster_kwargs(args)["col_ks"] == (4,) and args.serial
-    args = parser.parse_args(["bicluster", "--null", "refit", "--refits", "3"])
-    assert _bicluster_kwargs(args)["null"] == "refit" and _bicluster_kwargs(args)["n_refits"] == 3
+    assert _bicluster_kwargs(args)["bicluster"]["col_ks"] == (4,) and args.serial
+    args = parser.parse_args(["bicluster", "--null", "column_refit", "--input", "signed", "--null-chunk", "5"])
+    kwargs = _bicluster_kwargs(args)
+    assert kwargs["bicluster"]["null"] == "column_refit" and kwargs["bicluster"]["input"] == "signed"
+    assert kwargs["null_chunk_size"] == 5
+    assert BiclusterParams.from_mapping(kwargs["bicluster"]).n_null == 99  # the default
 
 
 def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,15 +58,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
+from sklearn.metrics import adjusted_rand_score
+
 from tnb.metrics import (
-    STATISTICS,
-    _z_and_p,
     adjusted_r2,
-    block_sums,
+    association_specialization,
     cluster_specialization,
+    noise_specialization,
     permutation_tests,
+    r2_parts_from_sums,
     specialization_summary,
-    statistic_from_sums,
     total_sum_of_squares,
 )
 from tnb.prepare import check_matrix
@@ -79,8 +80,11 @@ __all__ = [
     "BiclusterResult",
     "SpectralBiclustering",
     "SpectralCoclustering",
+    "STATISTICS",
     "grid_search",
     "mark_selected",
+    "null_matrix",
+    "null_statistics",
     "refit_null",
 ]
 
@@ -90,10 +94,12 @@ DEFAULT_KS = (6, 9, 12)
 METHODS = ("biclustering", "coclustering")
 #: Normalizations of Kluger's method, as in scikit-learn.
 NORMALIZATIONS = ("bistochastic", "scale", "log")
-#: Which null a Z-score comes from.
-NULLS = ("label_shuffle", "refit")
-#: Selection rules; the default "z" does not trivially prefer the largest grid (most reliable with the refit null).
-SELECTION_RULES = ("z", "adjusted_r2", "r2")
+#: Nulls the statistic is tested against (each draw is a whole grid refit); see :func:`null_matrix`.
+NULLS = ("interaction_refit", "column_refit")
+#: What z and p test: token x neuron structure (default), or the study's whole block-mean R^2.
+STATISTICS = ("r2_interaction", "r2")
+#: Selection rules (see :func:`mark_selected`).
+SELECTION_RULES = ("excess", "z", "adjusted_r2", "r2")
 
 
 # --------------------------------------------------------------------------
@@ -579,43 +585,62 @@ class SpectralBiclustering(_BaseSpectral):
 
 @dataclass(frozen=True)
 class BiclusterResult:
-    """One grid point of :func:`grid_search`: labels and every score.
+    """One grid point of :func:`grid_search`: labels, every score, its null and its stability.
 
-    Attributes
-    ----------
+    Attributes (the METRICS table's columns, :data:`tnb.schemas.METRICS`)
+    ----------------------------------------------------------------------
     method : str
-        ``"biclustering"`` or ``"coclustering"``.
     row_k, col_k : int
-        Requested numbers of token and neuron clusters.
     n_tokens, n_neurons : int
     row_labels : ndarray of shape (n_tokens,), int32
     col_labels : ndarray of shape (n_neurons,), int32
-    r2 : float
-        Block-mean R^2 (:func:`tnb.metrics.block_r2`).
+    input : str
+        What the matrix is (``"abs"``: |z|, ``"signed"``: z); recorded, not used.
+    r2, r2_rows, r2_cols, r2_interaction : float
+        Block-mean R^2 (the study's) and its exact split
+        (:func:`tnb.metrics.r2_parts_from_sums`).
     adjusted_r2 : float
-        R^2 charged for the number of blocks (:func:`tnb.metrics.adjusted_r2`).
     statistic : str
-        What ``z`` tests: ``"r2"`` or ``"mean_block_mean"``.
+        What ``z``/``p`` test: ``"r2_interaction"`` (default) or ``"r2"``.
     observed : float
-        The statistic's value on the fitted labels.
-    z, p, null_mean, null_sd : float
-        Z-score, permutation p-value (+1 corrected) and the null's moments.
-    null : str
-        Which null ``z`` comes from: ``"label_shuffle"`` or ``"refit"``.
-    n_permutations : int
-        Null draws: label shuffles, or refits for ``null="refit"``.
+        That statistic on the fitted labels.
+    z, p : float
+        Against the refit null: ``(observed - null_mean) / null_sd`` and
+        ``(1 + #{null >= observed}) / (1 + n_null)``. NaN without a null.
+    p_layer : float
+        ``p`` corrected for picking among the grid's points (max-T: each null
+        draw's largest standardized statistic over the grid).
+    null : str or None
+        ``"interaction_refit"`` (default), ``"column_refit"``, or None.
+    n_null : int
+    null_mean, null_sd, null_q95 : float
+    null_draws : ndarray of shape (n_null,)
+    excess : float
+        ``observed - null_mean``.
+    z_shuffle : float
+        Fitted vs shuffled labels (size-preserving label shuffles of the same
+        matrix): large for any fit, noise included. Not a significance test.
+    n_shuffles : int
+    stability, stability_neurons : float
+        Mean pairwise adjusted Rand index of token (neuron) labels over
+        ``n_seeds`` fits with different seeds (1.0 when ``n_seeds == 1``).
+    n_seeds : int
+    significant : bool
+        ``p_layer <= alpha`` (a permutation p of n draws is never below ``1 / (n + 1)``).
+    stable : bool
+        ``stability >= min_stability``.
     spec_mean, spec_median : float
-        Layer-level neuron specialization (same for every grid point).
+        The study's neuron specialization ``1 - H/log T`` (layer-level).
+    spec_mean_noise : float
+        The same for Gaussian noise of this shape: its baseline.
+    spec_mi : float
+        Mean over neurons of :func:`tnb.metrics.association_specialization`.
     cluster_spec_mean : float
-        Mean over neurons of the specialization over this point's token clusters.
     seconds : float
-        This point's own fitting and scoring time plus an equal share of the
-        shared steps (normalization, SVD, piecewise fits, the permutation
-        null, which is run for the whole grid at once, refits).
     seed : int
-        The ``random_state`` the whole grid ran with.
     selected : bool
-        Whether the selection rule picked this point.
+    finding : bool
+        ``selected and significant and stable``.
     selection_rule : str or None
     """
 
@@ -626,53 +651,54 @@ class BiclusterResult:
     n_neurons: int
     row_labels: np.ndarray
     col_labels: np.ndarray
+    input: str
     r2: float
+    r2_rows: float
+    r2_cols: float
+    r2_interaction: float
     adjusted_r2: float
     statistic: str
     observed: float
     z: float
     p: float
+    p_layer: float
+    null: str | None
+    n_null: int
     null_mean: float
     null_sd: float
-    null: str
-    n_permutations: int
+    null_q95: float
+    null_draws: np.ndarray
+    excess: float
+    z_shuffle: float
+    n_shuffles: int
+    stability: float
+    stability_neurons: float
+    n_seeds: int
+    significant: bool
+    stable: bool
     spec_mean: float
     spec_median: float
+    spec_mean_noise: float
+    spec_mi: float
     cluster_spec_mean: float
     seconds: float
     seed: int
     selected: bool = False
+    finding: bool = False
     selection_rule: str | None = None
 
     def metrics_row(self) -> dict:
-        """This point as a row of the METRICS table (all columns but ``code_version``).
-
-        Returns
-        -------
-        dict
-            Keys and types as in :data:`tnb.schemas.METRICS`.
-        """
-        return {
-            "row_k": self.row_k,
-            "col_k": self.col_k,
-            "n_tokens": self.n_tokens,
-            "n_neurons": self.n_neurons,
-            "r2": self.r2,
-            "adjusted_r2": self.adjusted_r2,
-            "z": self.z,
-            "p": self.p,
-            "null_mean": self.null_mean,
-            "null_sd": self.null_sd,
-            "statistic": self.statistic,
-            "null": self.null,
-            "n_permutations": self.n_permutations,
-            "spec_mean": self.spec_mean,
-            "spec_median": self.spec_median,
-            "seconds": self.seconds,
-            "seed": self.seed,
-            "selected": self.selected,
-            "selection_rule": self.selection_rule,
-        }
+        """This point as a row of the METRICS table (all columns but ``code_version``)."""
+        names = [
+            "row_k", "col_k", "n_tokens", "n_neurons", "input", "r2", "r2_rows", "r2_cols", "r2_interaction",
+            "adjusted_r2", "statistic", "observed", "z", "p", "p_layer", "null", "n_null", "null_mean", "null_sd",
+            "null_q95", "excess", "z_shuffle", "n_shuffles", "stability", "stability_neurons", "n_seeds",
+            "significant", "stable", "selected", "finding", "selection_rule", "spec_mean", "spec_median",
+            "spec_mean_noise", "spec_mi", "seconds", "seed",
+        ]
+        row = {name: getattr(self, name) for name in names}
+        row["null_draws"] = [float(v) for v in self.null_draws]
+        return row
 
     def labels_columns(self, token_index=None) -> dict[str, np.ndarray]:
         """This point's labels as the columns of the LABELS table.
@@ -742,87 +768,229 @@ def _fit_grid(X, pairs, method, *, normalization, n_components, n_best, settings
         )
 
 
-def _observed_statistics(X, fits, statistic, moments) -> dict:
-    """{pair: (r2, observed statistic, n_blocks)} from block sums."""
-    sum_squares, total, n_elements = moments
-    out = {}
-    for pair, (row_labels, col_labels, _) in fits.items():
-        sums, sizes = block_sums(X, row_labels, col_labels)
-        kwargs = {"total": total, "sum_squares": sum_squares, "n_elements": n_elements}
-        r2 = float(np.clip(statistic_from_sums(sums, sizes, "r2", **kwargs), 0.0, 1.0))
-        observed = r2 if statistic == "r2" else float(statistic_from_sums(sums, sizes, statistic, **kwargs))
-        out[pair] = (r2, observed, int(np.count_nonzero(sizes)))
+# --------------------------------------------------------------------------
+# Scoring every grid point at once
+# --------------------------------------------------------------------------
+
+
+def _grid_block_sums(X: np.ndarray, labelings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(sums, sizes) of every labeling of the grid from ONE GEMM over the matrix.
+
+    The token-cluster indicator matrices of all grid points are stacked
+    (n_tokens x sum(row_k)), so ``X.T @ stacked`` reads the matrix once; each
+    point's neuron clusters then reduce a (row_k x n_neurons) slice.
+    """
+    rows = []
+    for row_labels, col_labels in labelings:
+        rows.append((_compact_labels(row_labels), _compact_labels(col_labels)))
+    widths = [k for (_, k), _ in rows]
+    stacked = np.zeros((X.shape[0], sum(widths)), dtype=np.float32)
+    offset = 0
+    for (labels, k), _ in rows:
+        stacked[np.arange(X.shape[0]), offset + labels] = 1
+        offset += k
+    cluster_rows = (X.T @ stacked).T.astype(np.float64)  # (sum row_k, n_neurons)
+    out = []
+    offset = 0
+    for (row_labels, row_k), (col_labels, col_k) in rows:
+        block = cluster_rows[offset : offset + row_k]
+        offset += row_k
+        sums = block @ _onehot_float64(col_labels, col_k)
+        sizes = np.outer(np.bincount(row_labels, minlength=row_k), np.bincount(col_labels, minlength=col_k))
+        out.append((sums, sizes.astype(np.float64)))
     return out
 
 
-def refit_null(
+def _compact_labels(labels) -> tuple[np.ndarray, int]:
+    uniques, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    return inverse.astype(np.intp, copy=False), int(uniques.size)
+
+
+def _onehot_float64(labels: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((labels.shape[0], k))
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def _score_fits(X: np.ndarray, fits: dict, pairs) -> dict[tuple[int, int], dict[str, float]]:
+    """{pair: {r2, r2_rows, r2_cols, r2_interaction, n_blocks}} of a fitted grid on X."""
+    sum_squares, total, n_elements = total_sum_of_squares(X)
+    block = _grid_block_sums(X, [fits[pair][:2] for pair in pairs])
+    out = {}
+    for pair, (sums, sizes) in zip(pairs, block):
+        parts = r2_parts_from_sums(sums, sizes, total=total, sum_squares=sum_squares, n_elements=n_elements)
+        parts["n_blocks"] = int(np.count_nonzero(sizes))
+        out[pair] = parts
+    return out
+
+
+# --------------------------------------------------------------------------
+# Nulls: matrices without token x neuron association, refitted whole
+# --------------------------------------------------------------------------
+
+
+def null_matrix(X: np.ndarray, rng: np.random.Generator, null: str = "interaction_refit") -> np.ndarray:
+    """One matrix that keeps X's token and neuron scales and loses their association.
+
+    ``"interaction_refit"`` (the default null). For a nonnegative matrix (|z|)
+    it is the independence model: ``E_ij = r_i c_j / g`` (row mean x column
+    mean / grand mean, the structure bistochastic normalization removes),
+    the ratios ``X_ij / E_ij`` shuffled within each column, and multiplied
+    back: ``X0_ij = E_ij Q_{pi_j(i), j}``. A loud token stays loud (its row
+    scale is kept, so are its heavier tails), every neuron keeps its scale,
+    and which tokens a neuron prefers is redrawn at random. For a signed
+    matrix the same is done additively, with per-row and per-column scales
+    of the residuals: ``X0 = mu_i + nu_j - g + s_i t_j E_{pi_j(i), j}``, the
+    shuffled residuals re-centred per row.
+
+    ``"column_refit"``: every column shuffled on its own (the earlier refit
+    null). It also destroys each token's loudness, so loud-token structure
+    looks significant against it.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_tokens, n_neurons), float32
+    rng : numpy Generator
+    null : {"interaction_refit", "column_refit"}
+
+    Returns
+    -------
+    ndarray of shape (n_tokens, n_neurons), float32
+    """
+    if null == "column_refit":
+        return rng.permuted(X, axis=0)
+    if null != "interaction_refit":
+        raise ValueError(f"null should be one of {NULLS}. Got {null!r} instead.")
+    row_mean = X.mean(axis=1, dtype=np.float64)
+    col_mean = X.mean(axis=0, dtype=np.float64)
+    grand = float(row_mean.mean())
+    if X.min() >= 0:
+        if grand <= 0:
+            return X.copy()
+        expected = np.outer(row_mean, col_mean / grand).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(expected > 0, X / np.where(expected > 0, expected, 1), 0).astype(np.float32)
+        ratio = rng.permuted(ratio, axis=0)
+        ratio *= expected
+        return ratio
+    effects = (row_mean[:, np.newaxis] + (col_mean - grand)[np.newaxis, :]).astype(np.float32)
+    residual = X - effects
+    row_scale = np.sqrt(np.mean(np.square(residual, dtype=np.float64), axis=1))
+    row_scale = np.where(row_scale > 0, row_scale, 1.0).astype(np.float32)
+    residual /= row_scale[:, np.newaxis]
+    col_scale = np.sqrt(np.mean(np.square(residual, dtype=np.float64), axis=0))
+    col_scale = np.where(col_scale > 0, col_scale, 1.0).astype(np.float32)
+    residual /= col_scale
+    residual = rng.permuted(residual, axis=0)
+    # Re-centre every row: X's residuals sum to 0 along each row, and shuffled ones must too,
+    # or the null draws get extra row variance (measured: 4 of 12 pure-noise matrices
+    # "significant" without this, 1 of 12 with it).
+    residual -= residual.mean(axis=1, keepdims=True)
+    residual *= col_scale
+    residual *= row_scale[:, np.newaxis]
+    residual += effects
+    return residual
+
+
+def _draw_rng(seed: int, draw: int) -> np.random.Generator:
+    # Spawn key (1, draw): each draw's stream depends on the seed and its index only,
+    # so any split of the draws into tasks gives the same numbers.
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, draw)))
+
+
+def _draw_settings(settings: _Settings, rng: np.random.Generator) -> _Settings:
+    return dataclasses.replace(settings, random_state=int(rng.integers(2**31 - 1)))
+
+
+def null_statistics(
     A,
     row_ks=DEFAULT_KS,
     col_ks=DEFAULT_KS,
     *,
+    draws,
+    random_state: int = 0,
+    null: str = "interaction_refit",
+    statistic: str = "r2_interaction",
     method: str = "biclustering",
-    n_refits: int = 10,
-    statistic: str = "r2",
-    random_state: int | None = None,
     normalization: str = "bistochastic",
     n_components: int = 6,
     n_best: int = 3,
     svd_method: str = "randomized",
     n_svd_vecs: int | None = None,
     n_init: int = 10,
-) -> dict[tuple[int, int], np.ndarray]:
-    """The stricter null: what biclustering finds in structureless data with the same marginals.
+) -> np.ndarray:
+    """The statistic of every grid point on null draws ``draws`` (each a whole grid refit).
 
-    Each refit shuffles the entries within every column (each neuron keeps its
-    own distribution, any token-neuron structure is destroyed), refits the
-    whole grid on it and scores it. Labels fitted to noise always beat shuffled
-    labels, so the label-shuffle null flatters any fit; this one does not.
+    Draw ``d`` depends only on ``random_state`` and ``d``, so a null of
+    ``n_null`` draws can be computed in any number of chunks (Dask tasks) and
+    gives the same values as one call with ``draws=range(n_null)``.
 
     Parameters
     ----------
-    A : ndarray of shape (n_tokens, n_neurons)
+    A : ndarray of shape (n_tokens, n_neurons) or PreparedMatrix
     row_ks, col_ks : sequence of int
-    method : {"biclustering", "coclustering"}
-    n_refits : int, default=10
-        Number of shuffled matrices to refit (>= 2). Each costs one grid fit.
-    statistic : {"r2", "mean_block_mean"}
-    random_state : int or None
-    normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
+    draws : sequence of int
+        Indices of the draws (>= 0).
+    random_state : int
+        The grid's seed (as in :func:`grid_search`).
+    null, statistic, method, normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
         As in :func:`grid_search`.
 
     Returns
     -------
-    dict of (row_k, col_k) to ndarray of shape (n_refits,)
-        The statistic of each refit, per grid point.
+    ndarray of shape (len(draws), n_points)
+        Grid points in :func:`grid_search`'s order.
     """
     X = check_matrix(A, min_rows=3, min_cols=3)
     seed = _resolve_seed(random_state)
-    _check_choice(method, "method", METHODS)
+    _check_choice(null, "null", NULLS)
     _check_choice(statistic, "statistic", STATISTICS)
-    if not _is_int(n_refits) or n_refits < 2:
-        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
+    _check_choice(method, "method", METHODS)
     pairs = _grid_pairs(row_ks, col_ks, method, X.shape)
+    draws = [int(d) for d in draws]
+    if any(d < 0 for d in draws):
+        raise ValueError(f"draws should be ints >= 0. Got {draws!r} instead.")
     settings = _Settings(svd_method=svd_method, n_svd_vecs=n_svd_vecs, n_init=n_init, random_state=seed)
     _check_settings(settings)
-    if method == "biclustering":
-        _check_kluger(normalization, n_components, n_best, X.shape, svd_method)
-    return _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings)
+    return _null_statistics(X, pairs, draws, seed, null, statistic, method, normalization, n_components, n_best,
+                            settings)
 
 
-def _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings):
-    values = {pair: np.empty(n_refits) for pair in pairs}
-    for refit in range(n_refits):
-        # Spawn key (1, refit): disjoint from the label-shuffle streams (0, grid index).
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, refit)))
-        shuffled = rng.permuted(X, axis=0)  # every column shuffled on its own
+def _null_statistics(X, pairs, draws, seed, null, statistic, method, normalization, n_components, n_best, settings):
+    values = np.empty((len(draws), len(pairs)))
+    for row, draw in enumerate(draws):  # one whole grid refit per draw
+        rng = _draw_rng(seed, draw)
+        shuffled = null_matrix(X, rng, null)
         fits, _ = _fit_grid(
             shuffled, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best,
-            settings=settings,
+            settings=_draw_settings(settings, rng),
         )
-        observed = _observed_statistics(shuffled, fits, statistic, total_sum_of_squares(shuffled))
-        for pair in pairs:
-            values[pair][refit] = observed[pair][1]
+        scores = _score_fits(shuffled, fits, pairs)
+        values[row] = [scores[pair][statistic] for pair in pairs]
     return values
+
+
+def _stability(label_sets: list[np.ndarray]) -> float:
+    """Mean pairwise adjusted Rand index of a list of labelings (1.0 for one)."""
+    if len(label_sets) < 2:
+        return 1.0
+    scores = [
+        adjusted_rand_score(label_sets[i], label_sets[j])
+        for i in range(len(label_sets))
+        for j in range(i + 1, len(label_sets))
+    ]
+    return float(np.mean(scores))
+
+
+def _max_t_p(observed: np.ndarray, null_values: np.ndarray, null_mean: np.ndarray, null_sd: np.ndarray) -> np.ndarray:
+    """Single-step max-T adjusted p of every grid point (Westfall & Young)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_obs = np.where(null_sd > 0, (observed - null_mean) / np.where(null_sd > 0, null_sd, 1), 0.0)
+        z_null = np.where(null_sd > 0, (null_values - null_mean) / np.where(null_sd > 0, null_sd, 1), 0.0)
+    max_null = z_null.max(axis=1)
+    tolerance = 1e-9
+    exceed = (max_null[np.newaxis, :] >= z_obs[:, np.newaxis] - tolerance).sum(axis=1)
+    return (1 + exceed) / (1 + null_values.shape[0])
 
 
 def grid_search(
@@ -831,12 +999,17 @@ def grid_search(
     col_ks=DEFAULT_KS,
     *,
     method: str = "biclustering",
-    n_permutations: int = 1000,
+    null: str | None = "interaction_refit",
+    n_null: int = 99,
+    statistic: str = "r2_interaction",
+    n_seeds: int = 5,
+    n_shuffles: int = 100,
+    alpha: float = 0.05,
+    min_stability: float = 0.8,
+    selection: str = "excess",
     random_state: int | None = None,
-    statistic: str = "r2",
-    selection: str = "z",
-    null: str = "label_shuffle",
-    n_refits: int = 10,
+    input: str = "abs",
+    null_values: np.ndarray | None = None,
     n_column_shuffles: int = 25,
     normalization: str = "bistochastic",
     n_components: int = 6,
@@ -845,55 +1018,61 @@ def grid_search(
     n_svd_vecs: int | None = None,
     n_init: int = 10,
 ) -> list[BiclusterResult]:
-    """Bicluster one matrix at every grid point from one SVD, and score every point.
+    """Bicluster one matrix at every grid point, and score each against a calibrated null.
+
+    Every grid point is fitted from one normalization and one SVD. Its
+    block-mean R^2 is split into token-cluster, neuron-cluster and
+    interaction parts; the interaction (token x neuron structure) is tested
+    against ``n_null`` matrices that keep every token's and neuron's scale
+    but lose their association (:func:`null_matrix`), each biclustered
+    whole, because the fitting is part of the statistic. The grid is refitted
+    with ``n_seeds`` seeds to measure the stability of its labels.
 
     Parameters
     ----------
     A : ndarray of shape (n_tokens, n_neurons) or PreparedMatrix
         The prepared matrix (:func:`tnb.prepare.prepare`); float32 is used as is.
     row_ks, col_ks : sequence of int, default=(6, 9, 12)
-        Token and neuron cluster counts; ``2 <= row_k < n_tokens``,
-        ``2 <= col_k < n_neurons``. Co-clustering runs the ks in both.
+        ``2 <= row_k < n_tokens``, ``2 <= col_k < n_neurons``. Co-clustering runs the ks in both.
     method : {"biclustering", "coclustering"}, default="biclustering"
-        Kluger's checkerboard method (the study's) or Dhillon's co-clustering.
-    n_permutations : int, default=1000
-        Label shuffles of the ``"label_shuffle"`` null.
-    random_state : int or None, default=None
-        Seed of the SVD, k-means and shuffles; None draws one (recorded in
-        ``.seed``). The same seed gives bit-identical results.
-    statistic : {"r2", "mean_block_mean"}, default="r2"
-        What the Z-score tests.
-    selection : {"z", "adjusted_r2", "r2"}, default="z"
-        Rule that marks one point ``selected`` (see :func:`mark_selected`;
-        it is most reliable with ``null="refit"``).
-    null : {"label_shuffle", "refit"}, default="label_shuffle"
-        Where ``z`` comes from: size-preserving label shuffles, or refits on
-        column-shuffled data (``n_refits`` grid fits, much slower, stricter).
-    n_refits : int, default=10
-        Refits of the ``"refit"`` null.
+    null : {"interaction_refit", "column_refit"} or None, default="interaction_refit"
+        None fits and scores the grid without any null (z, p NaN).
+    n_null : int, default=99
+        Null draws (grid refits); p cannot fall below ``1 / (n_null + 1)``.
+    statistic : {"r2_interaction", "r2"}, default="r2_interaction"
+        What ``z`` and ``p`` test.
+    n_seeds : int, default=5
+        Fits with different seeds behind ``stability`` (1: no extra fit).
+    n_shuffles : int, default=100
+        Label shuffles behind ``z_shuffle`` (0: skip).
+    alpha : float, default=0.05
+        ``significant`` is ``p_layer <= alpha`` (an exact level-alpha test).
+    min_stability : float, default=0.8
+        ``stable`` is ``stability >= min_stability``.
+    selection : {"excess", "z", "adjusted_r2", "r2"}, default="excess"
+        See :func:`mark_selected`.
+    random_state : int or None
+        None draws a seed (recorded in ``.seed``); the same seed gives bit-identical results.
+    input : {"abs", "signed"}, default="abs"
+        What ``A`` is, recorded in the results.
+    null_values : ndarray of shape (n_null, n_points), optional
+        Precomputed :func:`null_statistics` (e.g. from Dask tasks) instead of computing them here.
     n_column_shuffles : int, default=25
-        Pool of column shuffles of the label-shuffle null
-        (:func:`tnb.metrics.permutation_test`).
-    normalization : {"bistochastic", "scale", "log"}, default="bistochastic"
-        Kluger's normalization (ignored for co-clustering).
-    n_components, n_best : int, default=6, 3
-        Kluger's singular vectors to check and to project on.
-    svd_method : {"randomized", "arpack"}, default="randomized"
-    n_svd_vecs : int or None, default=None
-    n_init : int, default=10
-        k-means initializations.
+        Column-shuffle pool of the label-shuffle score (:func:`tnb.metrics.permutation_tests`).
+    normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
+        Kluger's method's settings, as in :class:`SpectralBiclustering`.
 
     Returns
     -------
     list of BiclusterResult
-        One per grid point, row_k-major, with exactly one ``selected``.
+        One per grid point, row_k-major, exactly one ``selected``.
 
     Examples
     --------
     >>> from sklearn.datasets import make_checkerboard
     >>> from tnb.prepare import prepare
     >>> X, _, _ = make_checkerboard((120, 60), (3, 3), noise=1, random_state=0)
-    >>> results = grid_search(prepare(X), (2, 3), (3,), n_components=4, n_permutations=50, random_state=0)
+    >>> results = grid_search(prepare(X), (2, 3), (3,), n_components=4, n_null=19, n_seeds=2, random_state=0)
     >>> [(r.row_k, r.col_k) for r in results]
     [(2, 3), (3, 3)]
     """
@@ -902,7 +1081,16 @@ def grid_search(
     _check_choice(method, "method", METHODS)
     _check_choice(statistic, "statistic", STATISTICS)
     _check_choice(selection, "selection", SELECTION_RULES)
-    _check_choice(null, "null", NULLS)
+    if null is not None:
+        _check_choice(null, "null", NULLS)
+    _check_choice(input, "input", ("abs", "signed"))
+    for name, value, low in (("n_null", n_null, 2), ("n_seeds", n_seeds, 1), ("n_shuffles", n_shuffles, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} should be an int >= {low}. Got {value!r} instead.")
+    if not (isinstance(alpha, float | int) and 0 < alpha < 1):
+        raise ValueError(f"alpha should be a number in (0, 1). Got {alpha!r} instead.")
+    if not (isinstance(min_stability, float | int) and -1 <= min_stability <= 1):
+        raise ValueError(f"min_stability should be a number in [-1, 1]. Got {min_stability!r} instead.")
     pairs = _grid_pairs(row_ks, col_ks, method, X.shape)
     settings = _Settings(svd_method=svd_method, n_svd_vecs=n_svd_vecs, n_init=n_init, random_state=seed)
     _check_settings(settings)
@@ -910,46 +1098,69 @@ def grid_search(
         _check_kluger(normalization, n_components, n_best, X.shape, svd_method)
     else:
         _check_n_sv(_n_sv_dhillon(max(k for k, _ in pairs)), X.shape, svd_method, f"k={max(k for k, _ in pairs)}")
-    if null == "refit" and (not _is_int(n_refits) or n_refits < 2):
-        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
+    if null is not None and null_values is not None:
+        null_values = np.asarray(null_values, dtype=np.float64)
+        if null_values.shape != (n_null, len(pairs)):
+            raise ValueError(
+                f"null_values should have shape (n_null, n_points) = ({n_null}, {len(pairs)}). "
+                f"Got {null_values.shape} instead."
+            )
+    fit_kwargs = {"normalization": normalization, "n_components": n_components, "n_best": n_best}
 
-    fits, shared_seconds = _fit_grid(
-        X, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
-    )
     start = time.perf_counter()
-    moments = total_sum_of_squares(X)
-    nonnegative = bool(X.min() >= 0)
-    spec_mean, spec_median = specialization_summary(X) if nonnegative else (float("nan"), float("nan"))
-    observed = _observed_statistics(X, fits, statistic, moments)
-    if null == "refit":
-        refits = _refit_null(X, pairs, method, n_refits, statistic, seed, normalization, n_components, n_best, settings)
-        nulls = {pair: (*_z_from_values(observed[pair][1], refits[pair]), n_refits) for pair in pairs}
+    fits, _ = _fit_grid(X, pairs, method, settings=settings, **fit_kwargs)
+    scores = _score_fits(X, fits, pairs)
+    observed = np.array([scores[pair][statistic] for pair in pairs])
+
+    # Stability: the same grid with other seeds (spawn key (2, s): disjoint from the null's streams).
+    seed_fits = [fits]
+    for index in range(1, n_seeds):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, index)))
+        seed_fits.append(_fit_grid(X, pairs, method, settings=_draw_settings(settings, rng), **fit_kwargs)[0])
+
+    if null is None:
+        null_values = np.full((0, len(pairs)), np.nan)
+    elif null_values is None:
+        null_values = _null_statistics(X, pairs, range(n_null), seed, null, statistic, method, normalization,
+                                       n_components, n_best, settings)
+    n_draws = null_values.shape[0]
+    if n_draws:
+        null_mean = null_values.mean(axis=0)
+        null_sd = null_values.std(axis=0, ddof=1) if n_draws > 1 else np.zeros(len(pairs))
+        null_q95 = np.quantile(null_values, 0.95, axis=0)
+        tolerance = 1e-12 * np.maximum(1.0, np.abs(observed))
+        p_values = (1 + (null_values >= observed - tolerance).sum(axis=0)) / (1 + n_draws)
+        p_layer = _max_t_p(observed, null_values, null_mean, null_sd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z_values = np.where(null_sd > 0, (observed - null_mean) / np.where(null_sd > 0, null_sd, 1), np.nan)
     else:
-        # One call for the whole grid: the row permutations are drawn once and shared.
+        null_mean = null_sd = null_q95 = p_values = p_layer = z_values = np.full(len(pairs), np.nan)
+
+    shuffle_z = np.full(len(pairs), np.nan)
+    if n_shuffles >= 2:
         tests = permutation_tests(
-            X,
-            [fits[pair][:2] for pair in pairs],
-            statistic=statistic,
-            n_permutations=n_permutations,
-            n_column_shuffles=n_column_shuffles,
-            random_state=np.random.SeedSequence(seed, spawn_key=(0,)),
-            moments=moments,
+            X, [fits[pair][:2] for pair in pairs], statistic="r2", n_permutations=n_shuffles,
+            n_column_shuffles=min(n_column_shuffles, n_shuffles),
+            random_state=np.random.SeedSequence(seed, spawn_key=(0,)), moments=total_sum_of_squares(X),
         )
-        nulls = {pair: (t.z, t.p, t.null_mean, t.null_sd, t.n_permutations) for pair, t in zip(pairs, tests)}
-    shared_seconds += time.perf_counter() - start
+        shuffle_z = np.array([t.z for t in tests])
+
+    nonnegative = bool(X.min() >= 0)
+    spec_mean, spec_median = specialization_summary(X if nonnegative else np.abs(X))
+    spec_noise = noise_specialization(X.shape, signed=not nonnegative, random_state=np.random.SeedSequence(seed, spawn_key=(3,)))
+    shared_seconds = time.perf_counter() - start
 
     results = []
-    for pair in pairs:
-        start = time.perf_counter()
-        row_labels, col_labels, fit_seconds = fits[pair]
-        r2, value, n_blocks = observed[pair]
-        z, p, null_mean, null_sd, n_draws = nulls[pair]
-        cluster_spec_mean = float("nan")
-        if nonnegative:
-            spec = cluster_specialization(X, row_labels)
-            if not np.all(np.isnan(spec)):
-                cluster_spec_mean = float(np.nanmean(spec))
-        point_seconds = fit_seconds + time.perf_counter() - start
+    for index, pair in enumerate(pairs):
+        point_start = time.perf_counter()
+        row_labels, col_labels, _ = fits[pair]
+        mass = X if nonnegative else np.abs(X)
+        spec_mi = float(np.nanmean(association_specialization(
+            mass, row_labels, n_shuffles=5, random_state=np.random.SeedSequence(seed, spawn_key=(4, index)))))
+        cluster_spec = cluster_specialization(mass, row_labels)
+        parts = scores[pair]
+        stability = _stability([f[pair][0] for f in seed_fits])
+        stability_neurons = _stability([f[pair][1] for f in seed_fits])
         results.append(
             BiclusterResult(
                 method=method,
@@ -959,65 +1170,107 @@ def grid_search(
                 n_neurons=X.shape[1],
                 row_labels=np.asarray(row_labels, dtype=np.int32),
                 col_labels=np.asarray(col_labels, dtype=np.int32),
-                r2=r2,
-                adjusted_r2=adjusted_r2(r2, X.size, n_blocks),
+                input=input,
+                r2=parts["r2"],
+                r2_rows=parts["r2_rows"],
+                r2_cols=parts["r2_cols"],
+                r2_interaction=parts["r2_interaction"],
+                adjusted_r2=adjusted_r2(parts["r2"], X.size, parts["n_blocks"]),
                 statistic=statistic,
-                observed=value,
-                z=z,
-                p=p,
-                null_mean=null_mean,
-                null_sd=null_sd,
+                observed=float(observed[index]),
+                z=float(z_values[index]),
+                p=float(p_values[index]),
+                p_layer=float(p_layer[index]),
                 null=null,
-                n_permutations=int(n_draws),
+                n_null=int(n_draws),
+                null_mean=float(null_mean[index]),
+                null_sd=float(null_sd[index]),
+                null_q95=float(null_q95[index]),
+                null_draws=null_values[:, index].copy(),
+                excess=float(observed[index] - null_mean[index]),
+                z_shuffle=float(shuffle_z[index]),
+                n_shuffles=int(n_shuffles if n_shuffles >= 2 else 0),
+                stability=stability,
+                stability_neurons=stability_neurons,
+                n_seeds=int(n_seeds),
+                significant=bool(n_draws and p_layer[index] <= alpha),
+                stable=bool(stability >= min_stability),
                 spec_mean=spec_mean,
                 spec_median=spec_median,
-                cluster_spec_mean=cluster_spec_mean,
-                seconds=point_seconds + shared_seconds / len(pairs),
+                spec_mean_noise=spec_noise,
+                spec_mi=spec_mi,
+                cluster_spec_mean=float(np.nanmean(cluster_spec)) if not np.all(np.isnan(cluster_spec)) else float("nan"),
+                seconds=time.perf_counter() - point_start + shared_seconds / len(pairs),
                 seed=seed,
             )
         )
     return mark_selected(results, selection)
 
 
-def _z_from_values(observed: float, null_values: np.ndarray) -> tuple[float, float, float, float]:
-    return _z_and_p(observed, null_values)
+def refit_null(A, row_ks=DEFAULT_KS, col_ks=DEFAULT_KS, *, n_refits: int = 99, random_state: int = 0,
+               null: str = "interaction_refit", **kwargs) -> dict[tuple[int, int], np.ndarray]:
+    """The null statistic of every grid point as a dict (a thin form of :func:`null_statistics`).
+
+    Returns
+    -------
+    dict of (row_k, col_k) to ndarray of shape (n_refits,)
+    """
+    if not _is_int(n_refits) or n_refits < 2:
+        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
+    X = check_matrix(A, min_rows=3, min_cols=3)
+    pairs = _grid_pairs(row_ks, col_ks, kwargs.get("method", "biclustering"), X.shape)
+    values = null_statistics(X, row_ks, col_ks, draws=range(n_refits), random_state=random_state, null=null, **kwargs)
+    return {pair: values[:, index] for index, pair in enumerate(pairs)}
 
 
-def mark_selected(results, rule: str = "z") -> list[BiclusterResult]:
-    """Mark the grid point a selection rule picks; keep every point's scores.
+def mark_selected(results, rule: str = "excess") -> list[BiclusterResult]:
+    """Mark the grid point a selection rule picks, and whether it is a finding.
 
     Parameters
     ----------
     results : sequence of BiclusterResult
         One layer's grid.
-    rule : {"z", "adjusted_r2", "r2"}, default="z"
-        ``"r2"`` is the study's rule; it always picks the largest grid,
-        because more blocks always fit better. ``"adjusted_r2"`` charges
-        ~n_blocks/N, which only matters on small matrices. ``"z"`` (default)
-        picks the point that beats its null by the most standard deviations.
-        With the refit null, Z compares each k with what the same k finds in
-        structureless data, and it picked the planted k in the tests; with the
-        label-shuffle null it does not always (on a planted 6 x 6 at 20,000 x
-        768 it picked 9 x 9, as r2 does), so use ``null="refit"`` when the
-        choice of k matters. NaN scores rank last; ties go to fewer blocks,
-        then fewer token clusters.
+    rule : {"excess", "z", "adjusted_r2", "r2"}, default="excess"
+        ``"excess"`` (default): the largest excess of the statistic over its
+        null mean, charged for k: among the points whose excess is within two
+        null standard deviations of the best, the one with the fewest blocks.
+        The null mean already grows with k (more blocks fit noise better), so
+        a finer grid wins only by beating its own, larger null. ``"z"`` picks
+        the largest Z (it follows whichever point has the smallest null
+        spread: not recommended). ``"r2"`` is the study's rule: it always
+        picks the largest grid. NaN scores rank last; ties go to fewer
+        blocks, then fewer token clusters.
 
     Returns
     -------
     list of BiclusterResult
-        Copies with ``selected`` and ``selection_rule`` set; exactly one selected.
+        Copies with ``selected``, ``finding`` and ``selection_rule`` set; exactly one selected.
     """
     _check_choice(rule, "rule", SELECTION_RULES)
     results = list(results)
     if not results:
         raise ValueError("results should hold at least one grid point. Got an empty sequence.")
 
-    def rank(result):
-        score = getattr(result, rule)
-        score = -math.inf if score is None or math.isnan(score) else score
-        return (score, -result.row_k * result.col_k, -result.row_k)
+    def score(result) -> float:
+        value = getattr(result, rule)
+        return -math.inf if value is None or math.isnan(value) else float(value)
 
-    best = max(range(len(results)), key=lambda i: rank(results[i]))
+    def simpler(i: int) -> tuple[int, int]:
+        return (results[i].row_k * results[i].col_k, results[i].row_k)
+
+    order = range(len(results))
+    best = max(order, key=lambda i: (score(results[i]), tuple(-v for v in simpler(i))))
+    if rule == "excess" and math.isfinite(score(results[best])):
+        def margin(i: int) -> float:
+            sds = [results[i].null_sd, results[best].null_sd]
+            return 2.0 * math.sqrt(sum(sd * sd for sd in sds if math.isfinite(sd)))
+
+        close = [i for i in order if score(results[i]) >= score(results[best]) - margin(i)]
+        best = min(close, key=simpler)
     return [
-        dataclasses.replace(result, selected=(i == best), selection_rule=rule) for i, result in enumerate(results)
+        dataclasses.replace(
+            result, selected=(i == best), finding=bool(i == best and result.significant and result.stable),
+            selection_rule=rule,
+        )
+        for i, result in enumerate(results)
     ]

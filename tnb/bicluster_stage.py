@@ -44,9 +44,10 @@ __all__ = [
 ]
 
 METHODS = ("biclustering", "coclustering")
-STATISTICS = ("r2", "mean_block_mean")
-SELECTION_RULES = ("z", "adjusted_r2", "r2")
-NULLS = ("label_shuffle", "refit")
+STATISTICS = ("r2_interaction", "r2")
+SELECTION_RULES = ("excess", "z", "adjusted_r2", "r2")
+NULLS = ("interaction_refit", "column_refit")
+INPUTS = ("abs", "signed")
 
 
 class StageError(TnbError):
@@ -60,12 +61,16 @@ class BiclusterParams:
     method: str = "biclustering"  # Kluger's spectral biclustering (the study's) or "coclustering"
     row_ks: tuple[int, ...] = (6, 9, 12)  # token-cluster counts of the grid
     col_ks: tuple[int, ...] = (6, 9, 12)  # neuron-cluster counts of the grid
-    n_permutations: int = 1000  # label shuffles of the permutation null
-    statistic: str = "r2"  # what Z tests: block-mean R^2, or the study's "mean_block_mean"
-    selection: str = "z"  # rule marking the selected grid point: "z", "adjusted_r2" or the study's "r2"
-    null: str = "label_shuffle"  # or "refit" (stricter, n_refits grid fits)
-    n_refits: int = 10  # refits of the "refit" null
-    seed: int = 0  # random_state of SVD, k-means and shuffles
+    input: str = "abs"  # matrix clustered: the study's |z| per neuron, or "signed" z
+    null: str = "interaction_refit"  # null draws keep token and neuron scales, lose their association
+    n_null: int = 99  # null draws (each a whole grid refit); p >= 1 / (n_null + 1)
+    statistic: str = "r2_interaction"  # what z and p test (or the study's whole "r2")
+    n_seeds: int = 5  # grid fits with different seeds behind `stability`
+    n_shuffles: int = 100  # label shuffles behind z_shuffle ("fitted vs shuffled labels"), 0 skips
+    selection: str = "excess"  # rule marking each layer's selected grid point
+    alpha: float = 0.05  # significant: p_layer < alpha
+    min_stability: float = 0.8  # stable: stability (mean pairwise ARI of token labels) >= this
+    seed: int = 0  # random_state of SVD, k-means, null draws and shuffles
     drop_first: int = 0  # leading positions of every sequence left out of the matrix
     extra: Mapping[str, Any] = field(default_factory=dict)  # more grid_search keyword arguments
 
@@ -78,17 +83,36 @@ class BiclusterParams:
             ("statistic", self.statistic, STATISTICS),
             ("selection", self.selection, SELECTION_RULES),
             ("null", self.null, NULLS),
+            ("input", self.input, INPUTS),
         ):
             if value not in choices:
                 raise StageError(f"{name} should be one of {', '.join(choices)}. Got {value!r} instead.")
         if not self.row_ks or not self.col_ks or min(self.row_ks + self.col_ks) < 2:
             raise StageError(f"every k should be >= 2. Got row_ks={self.row_ks}, col_ks={self.col_ks} instead.")
-        if self.n_permutations < 2:
-            raise StageError(f"n_permutations should be >= 2. Got {self.n_permutations} instead.")
-        if self.seed < 0:
-            raise StageError(f"seed should be >= 0. Got {self.seed} instead.")
-        if self.drop_first < 0:
-            raise StageError(f"drop_first should be >= 0. Got {self.drop_first} instead.")
+        for name, low in (("n_null", 2), ("n_seeds", 1), ("n_shuffles", 0), ("seed", 0), ("drop_first", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise StageError(f"{name} should be an int >= {low}. Got {value!r} instead.")
+        if not 0 < self.alpha < 1:
+            raise StageError(f"alpha should be in (0, 1). Got {self.alpha!r} instead.")
+        if not -1 <= self.min_stability <= 1:
+            raise StageError(f"min_stability should be in [-1, 1]. Got {self.min_stability!r} instead.")
+
+    def grid_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`tnb.bicluster.grid_search` (besides the matrix and the grid)."""
+        return {
+            "method": self.method, "null": self.null, "n_null": self.n_null, "statistic": self.statistic,
+            "n_seeds": self.n_seeds, "n_shuffles": self.n_shuffles, "alpha": self.alpha,
+            "min_stability": self.min_stability, "selection": self.selection, "random_state": self.seed,
+            "input": self.input, **self.extra,
+        }
+
+    def null_chunks(self, chunk_size: int) -> list[list[int]]:
+        """The null's draws split into chunks of at most ``chunk_size`` (one Dask task each)."""
+        if chunk_size < 1:
+            raise StageError(f"chunk_size should be >= 1. Got {chunk_size} instead.")
+        draws = list(range(self.n_null))
+        return [draws[start : start + chunk_size] for start in range(0, len(draws), chunk_size)]
 
     def config(self) -> dict[str, Any]:
         """The partition config: every parameter plus the code version (JSON-ready)."""
@@ -101,8 +125,17 @@ class BiclusterParams:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> BiclusterParams:
-        """Inverse of :meth:`config` (the code version is ignored)."""
+        """Inverse of :meth:`config` (the code version is ignored); an unknown key is an error."""
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__) - {"code_version"})
+        if unknown:
+            raise StageError(
+                f"unknown bicluster parameter(s) {unknown}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        if "row_ks" in known:
+            known["row_ks"] = tuple(known["row_ks"])
+        if "col_ks" in known:
+            known["col_ks"] = tuple(known["col_ks"])
         return cls(**known)
 
 
@@ -232,6 +265,7 @@ def bicluster_partition(
     params: BiclusterParams | None = None,
     *,
     overwrite: bool = False,
+    null_values: np.ndarray | None = None,
 ) -> PartitionOutcome:
     """Bicluster one layer over the whole grid and publish its ``labels`` and ``metrics``.
 
@@ -245,6 +279,8 @@ def bicluster_partition(
         the study's grid {6, 9, 12}^2, 1,000 permutations, selection by Z, seed 0, drop_first 0).
     overwrite : bool
         Redo the partition even when it is complete.
+    null_values : ndarray of shape (n_null, n_points), optional
+        The null's draws computed elsewhere (:func:`null_chunk` tasks); default: computed here.
 
     Returns
     -------
@@ -268,26 +304,11 @@ def bicluster_partition(
     if not overwrite and is_done(lake, model, site, layer, params):
         return PartitionOutcome(model, site, layer, "skipped", time.perf_counter() - start)
 
-    matrix, pos = _read_matrix(lake, model, site, layer, params.drop_first)
-    if matrix.shape[0] <= max(params.row_ks) or matrix.shape[1] <= max(params.col_ks):
-        raise StageError(
-            f"{model} {site} layer {layer} has {matrix.shape[0]} tokens x {matrix.shape[1]} neurons after "
-            f"drop_first={params.drop_first}; the grid needs more than {max(params.row_ks)} tokens and "
-            f"{max(params.col_ks)} neurons"
-        )
+    matrix, pos = _checked_matrix(lake, model, site, layer, params)
     try:
         results = grid_search(
-            prepare(matrix),
-            params.row_ks,
-            params.col_ks,
-            method=params.method,
-            n_permutations=params.n_permutations,
-            random_state=params.seed,
-            statistic=params.statistic,
-            selection=params.selection,
-            null=params.null,
-            n_refits=params.n_refits,
-            **params.extra,
+            prepare(matrix, params.input), params.row_ks, params.col_ks, null_values=null_values,
+            **params.grid_kwargs(),
         )
     except ValueError as error:
         raise StageError(f"{model} {site} layer {layer}: {error}") from None
@@ -299,3 +320,43 @@ def bicluster_partition(
         model, site, layer, "written", time.perf_counter() - start,
         n_tokens=int(matrix.shape[0]), n_neurons=int(matrix.shape[1]), selected=(chosen.row_k, chosen.col_k),
     )
+
+
+def _checked_matrix(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams):
+    matrix, pos = _read_matrix(lake, model, site, layer, params.drop_first)
+    if matrix.shape[0] <= max(params.row_ks) or matrix.shape[1] <= max(params.col_ks):
+        raise StageError(
+            f"{model} {site} layer {layer} has {matrix.shape[0]} tokens x {matrix.shape[1]} neurons after "
+            f"drop_first={params.drop_first}; the grid needs more than {max(params.row_ks)} tokens and "
+            f"{max(params.col_ks)} neurons"
+        )
+    return matrix, pos
+
+
+def null_chunk(
+    lake: Lake, model: str, site: str, layer: int, params: BiclusterParams, draws: Sequence[int]
+) -> np.ndarray:
+    """The null statistics of draws ``draws`` of one layer (one Dask task of the null).
+
+    Draw ``d`` depends on the seed and ``d`` only, so any split of the draws
+    gives what :func:`bicluster_partition` would compute by itself.
+
+    Returns
+    -------
+    ndarray of shape (len(draws), n_points)
+    """
+    from tnb.bicluster import null_statistics
+    from tnb.prepare import prepare
+
+    matrix, _ = _checked_matrix(lake, model, site, layer, params)
+    kwargs = {key: value for key, value in params.extra.items() if key in _NULL_KWARGS}
+    try:
+        return null_statistics(
+            prepare(matrix, params.input), params.row_ks, params.col_ks, draws=draws, random_state=params.seed,
+            null=params.null, statistic=params.statistic, method=params.method, **kwargs,
+        )
+    except ValueError as error:
+        raise StageError(f"{model} {site} layer {layer}: {error}") from None
+
+
+_NULL_KWARGS = frozenset({"normalization", "n_components", "n_best", "svd_method", "n_svd_vecs", "n_init"})

@@ -33,15 +33,20 @@ from scipy import sparse
 __all__ = [
     "STATISTICS",
     "PermutationResult",
+    "R2_PARTS",
     "adjusted_r2",
+    "association_specialization",
     "bicluster_specialization",
     "block_r2",
     "block_sums",
     "cluster_specialization",
     "mean_block_mean",
     "neuron_specialization",
+    "noise_specialization",
     "permutation_test",
     "permutation_tests",
+    "r2_parts_from_sums",
+    "r2_parts_stack",
     "specialization_summary",
     "statistic_from_sums",
     "total_sum_of_squares",
@@ -656,3 +661,138 @@ def bicluster_specialization(A, row_labels, col_labels) -> np.ndarray:
     n_valid = np.bincount(cols[valid], minlength=col_k)
     np.divide(sums, n_valid, out=out, where=n_valid > 0)
     return out
+
+
+# --------------------------------------------------------------------------
+# The two-way split of block-mean R^2, and association-based specialization
+# --------------------------------------------------------------------------
+
+#: Names of the parts of R^2 = r2_rows + r2_cols + r2_interaction.
+R2_PARTS = ("r2_rows", "r2_cols", "r2_interaction")
+
+
+def r2_parts_from_sums(sums: np.ndarray, sizes: np.ndarray, *, total: float, sum_squares: float,
+                       n_elements: int) -> dict[str, float]:
+    """Block-mean R^2 and its exact two-way split, from block sums.
+
+    The blocks of a checkerboard have proportional sizes (``n_rc = a_r b_c``),
+    so the between-block sum of squares splits exactly (orthogonally) into a
+    token-cluster part, a neuron-cluster part and their interaction::
+
+        sum n_rc (m_rc - g)^2 = sum_r a_r m (R_r - g)^2 + sum_c n b_c (C_c - g)^2
+                               + sum n_rc (m_rc - R_r - C_c + g)^2
+
+    with ``m_rc`` the block means, ``R_r``/``C_c`` the token-/neuron-cluster
+    means and ``g`` the grand mean. ``r2_rows`` is how much of the matrix the
+    token clusters' overall loudness explains; only ``r2_interaction`` is
+    token x neuron structure.
+
+    Parameters
+    ----------
+    sums, sizes : ndarray of shape (row_k, col_k)
+        From :func:`block_sums`.
+    total, sum_squares, n_elements
+        From :func:`total_sum_of_squares`.
+
+    Returns
+    -------
+    dict
+        ``r2, r2_rows, r2_cols, r2_interaction`` (float; ``r2`` is the sum of the parts).
+    """
+    return {name: float(value) for name, value in zip(
+        ("r2", *R2_PARTS), r2_parts_stack(sums[np.newaxis], sizes, total=total, sum_squares=sum_squares,
+                                          n_elements=n_elements)[:, 0])}
+
+
+def r2_parts_stack(sums: np.ndarray, sizes: np.ndarray, *, total: float, sum_squares: float,
+                   n_elements: int) -> np.ndarray:
+    """:func:`r2_parts_from_sums` on a stack ``(n, row_k, col_k)`` -> array of shape (4, n).
+
+    Rows: r2, r2_rows, r2_cols, r2_interaction. Empty clusters are allowed.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    mean = total / n_elements
+    tss = sum_squares - total * mean
+    if tss <= 0:
+        return np.zeros((4, sums.shape[0]))
+    row_sizes = sizes.sum(axis=1)  # a_r * m
+    col_sizes = sizes.sum(axis=0)  # n * b_c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        block_means = np.where(sizes > 0, sums / np.where(sizes > 0, sizes, 1), mean)
+        row_means = np.where(row_sizes > 0, sums.sum(axis=2) / np.where(row_sizes > 0, row_sizes, 1), mean)
+        col_means = np.where(col_sizes > 0, sums.sum(axis=1) / np.where(col_sizes > 0, col_sizes, 1), mean)
+    ss_rows = np.einsum("r,nr->n", row_sizes, (row_means - mean) ** 2)
+    ss_cols = np.einsum("c,nc->n", col_sizes, (col_means - mean) ** 2)
+    residual = block_means - row_means[:, :, np.newaxis] - col_means[:, np.newaxis, :] + mean
+    ss_interaction = np.einsum("rc,nrc->n", sizes, residual**2)
+    parts = np.stack([ss_rows, ss_cols, ss_interaction]) / tss
+    return np.vstack([parts.sum(axis=0, keepdims=True), parts])
+
+
+def _kl_from_sizes(mass: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """KL(p_j || share) for every column j of a (k, n_neurons) mass matrix, p_j = mass_j / sum."""
+    totals = mass.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = mass / totals
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / share[:, np.newaxis]), 0.0)
+    return np.where(totals > 0, terms.sum(axis=0), np.nan)
+
+
+def association_specialization(A, row_labels, *, n_shuffles: int = 10, random_state=None) -> np.ndarray:
+    """Per-neuron specialization that depends on *which* tokens a neuron prefers.
+
+    ``p_j[r]`` is the share of neuron ``j``'s activation mass (its column of
+    the prepared, nonnegative matrix) on token cluster ``r``; ``pi[r]`` the
+    same share for all neurons together. ``KL(p_j || pi)`` is neuron ``j``'s
+    term of the mutual information between neuron and token cluster (one unit
+    of mass drawn at random): 0 when the neuron spreads over the clusters as
+    the layer as a whole does, so loud tokens that every neuron responds to
+    do not count. Shuffled labels give a positive value too (finite samples),
+    so its mean over ``n_shuffles`` label shuffles is subtracted. Unlike the
+    study's ``1 - H/log T``, it changes when a neuron's values are permuted
+    across tokens (it falls to ~0).
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_tokens, n_neurons), nonnegative
+    row_labels : ndarray of shape (n_tokens,), int
+    n_shuffles : int, default=10
+    random_state : int, SeedSequence or None
+
+    Returns
+    -------
+    ndarray of shape (n_neurons,), float64 (nats; NaN for all-zero columns)
+    """
+    array = _as_float32(A)
+    if not _is_count(n_shuffles) or n_shuffles < 1:
+        raise ValueError(f"n_shuffles should be an int >= 1. Got {n_shuffles!r} instead.")
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+
+    def kl(labels: np.ndarray) -> np.ndarray:
+        mass = _token_cluster_mass(array, labels, row_k)
+        overall = mass.sum(axis=1)
+        share = overall / overall.sum() if overall.sum() > 0 else np.full(row_k, 1.0 / row_k)
+        return _kl_from_sizes(mass, share)
+
+    observed = kl(rows)
+    rng = np.random.default_rng(_seed_sequence(random_state))
+    expected = np.zeros_like(observed)
+    for _ in range(n_shuffles):  # a few GEMMs, not a loop over elements
+        expected += kl(rng.permutation(rows))
+    return observed - expected / n_shuffles
+
+
+def noise_specialization(shape: tuple[int, int], *, signed: bool = False, random_state=None) -> float:
+    """The study's mean specialization ``1 - H/log T`` of Gaussian noise of ``shape``, prepared like data.
+
+    The baseline ``spec_mean`` must be read against: it falls with the number
+    of tokens, and noise already reaches the range real layers show.
+    """
+    from tnb.prepare import prepare
+
+    rng = np.random.default_rng(_seed_sequence(random_state))
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    prepared = prepare(noise, input="signed" if signed else "abs").matrix
+    if signed:
+        prepared = np.abs(prepared)
+    return specialization_summary(prepared)[0]

@@ -5,7 +5,7 @@ Every lake table is registered under its own name (``tokens``, ``models``, ``lab
 
 ``params``
     One row holding the query's parameters (``model``, ``site``, ``layer``, ``method``,
-    ``drop_first``, ``row_k``, ``col_k``, ``top_n``, ``min_count``, ``artifact_share``).
+    ``drop_first``, ``row_k``, ``col_k``, ``top_n``, ``min_count``, ``shrink``, ``artifact_share``).
     Queries read them with ``CROSS JOIN params AS p``; a NULL parameter means "all".
     Parameters are *values in a table*, never text pasted into SQL, so a model named
     ``x' OR '1'='1`` is just a string that matches no model.
@@ -46,7 +46,8 @@ PARAMS: dict[str, tuple[type, Any]] = {
     "row_k": (int, None),  # with col_k: this grid point instead of the selected one
     "col_k": (int, None),
     "top_n": (int, 10),  # rows per group in top_tokens / top_neurons
-    "min_count": (int, 2),  # a token must occur this often in a cluster to be ranked by lift
+    "min_count": (int, 5),  # a token must occur this often in a cluster to be ranked by lift
+    "shrink": (float, 5.0),  # pseudo-occurrences at lift 1 added to every token's count in top_tokens
     "artifact_share": (float, 0.9),  # a cluster with more than this share at one seq_pos is a position artifact
 }
 

@@ -60,21 +60,44 @@ METRICS = pa.schema(
         ("col_k", pa.int32()),
         ("n_tokens", pa.int32()),
         ("n_neurons", pa.int32()),
+        ("input", pa.string()),  # matrix clustered: "abs" (the study's |z|) or "signed" (z)
+        # Block-mean R^2 (the study's) and its exact two-way split: r2 = r2_rows + r2_cols + r2_interaction
         ("r2", pa.float64()),
+        ("r2_rows", pa.float64()),  # token-cluster main effect ("loudness" of token clusters)
+        ("r2_cols", pa.float64()),  # neuron-cluster main effect
+        ("r2_interaction", pa.float64()),  # token x neuron structure: what the null tests
         ("adjusted_r2", pa.float64()),
-        ("z", pa.float64()),
-        ("p", pa.float64()),
+        ("statistic", pa.string()),  # what z and p test, e.g. "r2_interaction"
+        ("observed", pa.float64()),  # that statistic on the fitted labels
+        # The calibrated null: the whole grid refitted on n_null matrices without token x neuron association
+        ("z", pa.float64()),  # (observed - null_mean) / null_sd
+        ("p", pa.float64()),  # (1 + #{null >= observed}) / (1 + n_null)
+        ("p_layer", pa.float64()),  # p corrected for choosing among the grid's points (max-T over the grid)
+        ("null", pa.string()),  # name of the null, e.g. "interaction_refit"
+        ("n_null", pa.int32()),  # null draws (refits)
         ("null_mean", pa.float64()),
         ("null_sd", pa.float64()),
-        ("statistic", pa.string()),  # "r2" or "mean_block_mean"
-        ("null", pa.string()),  # which null the z comes from: "label_shuffle" or "refit"
-        ("n_permutations", pa.int32()),
-        ("spec_mean", pa.float64()),
+        ("null_q95", pa.float64()),
+        ("null_draws", pa.list_(pa.float64())),  # the statistic of every null draw
+        ("excess", pa.float64()),  # observed - null_mean: what selection ranks
+        ("z_shuffle", pa.float64()),  # fitted vs shuffled labels (label-shuffle Z): NOT a significance test
+        ("n_shuffles", pa.int32()),  # label shuffles behind z_shuffle (0: not computed)
+        # Stability: mean pairwise adjusted Rand index of labels refitted with n_seeds seeds
+        ("stability", pa.float64()),  # token labels
+        ("stability_neurons", pa.float64()),  # neuron labels
+        ("n_seeds", pa.int32()),
+        ("significant", pa.bool_()),  # p_layer < alpha
+        ("stable", pa.bool_()),  # stability >= the stability threshold
+        ("selected", pa.bool_()),  # the grid point the selection rule picked for this layer
+        ("finding", pa.bool_()),  # selected and significant and stable
+        ("selection_rule", pa.string()),
+        # Neuron specialization
+        ("spec_mean", pa.float64()),  # the study's 1 - H/log T (blind to which tokens; kept for parity)
         ("spec_median", pa.float64()),
+        ("spec_mean_noise", pa.float64()),  # spec_mean of Gaussian noise of the same shape, same preparation
+        ("spec_mi", pa.float64()),  # mean over neurons of MI(activation mass; token cluster) minus its shuffle expectation
         ("seconds", pa.float64()),
         ("seed", pa.int64()),
-        ("selected", pa.bool_()),  # the grid point the selection rule picked for this layer
-        ("selection_rule", pa.string()),
         ("code_version", pa.string()),
     ]
 )

@@ -12,6 +12,10 @@ Every lake table is registered under its own name (``tokens``, ``models``, ``lab
 ``activation_cells``
     One layer's activations in long form (``pos, neuron, value``), for the partition named
     by ``params.model/site/layer``; registered only when a statement mentions it.
+``topicality``
+    Every layer's selected token clusters scored against the document and the token id
+    (:func:`tnb.topicality.lake_topicality`, every drop_first); computed only when a
+    statement mentions it.
 
 >>> run_query("lake", "top_tokens", params={"model": "minilm", "layer": 3})  # doctest: +SKIP
 """
@@ -197,6 +201,13 @@ def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[
         if missing:
             raise QueryError(f"this query reads activations; give --param for {', '.join(missing)}")
         frames["activation_cells"] = activation_cells(lake, row["model"], row["site"], row["layer"])
+    if re.search(r"\btopicality\b", sql, re.IGNORECASE):
+        from tnb.topicality import lake_topicality  # it reads the lake through this module
+
+        row = bound.row(0, named=True)
+        frames["topicality"] = lake_topicality(
+            lake, site=row["site"], method=row["method"], drop_first=row["drop_first"], model=None
+        ).lazy()
     return pl.SQLContext(frames=frames)
 
 

@@ -35,7 +35,6 @@ from tnb.figures import (
 )
 from tnb.lake import Lake, partition_key
 from tnb.query import run_query, tables
-from tnb.topicality import lake_topicality
 
 LayerKey = tuple[str, str, int]  # (model, site, layer)
 
@@ -500,11 +499,10 @@ def _topicality_section(
     site: str | None, method: str | None, drop_first: int,
 ) -> pl.DataFrame:
     doc.heading("Topicality beyond token identity")
-    table = lake_topicality(lake, site=site, method=method, drop_first=drop_first)
+    table = run_query(lake, "topicality", {"site": site, "method": method, "drop_first": drop_first})
     if table.is_empty():
         doc.paragraph("No token labels to score.")
         return table
-    table = table.join(curves.select("model", "site", "method", "layer", "depth"), on=["model", "site", "method", "layer"])
     doc.paragraph(
         "How much each layer's token clusters say about the document (AMI, 0 for unrelated labels), beside how much "
         "of that token identity alone explains: each position's cluster predicted as its token id's most common "

@@ -53,12 +53,17 @@ def _series(curves: pl.DataFrame) -> list[tuple[str, bool, str, pl.DataFrame]]:
     varying = [name for name in ("site", "method", "drop_first") if name in curves.columns and curves[name].n_unique() > 1]
     keys = ["model", *varying]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    bases = sorted({str(model).removesuffix(TWIN_SUFFIX) for model in curves["model"]})
+    groups = list(curves.sort([*keys, "depth"]).group_by(keys, maintain_order=True))
+
+    def base(row: dict) -> str:  # the series' name with the twin's model name mapped to its model's
+        return _series_name({**row, "model": str(row["model"]).removesuffix(TWIN_SUFFIX)}, varying)
+
+    bases = sorted({base(part.row(0, named=True)) for _, part in groups})
     found = []
-    for _, part in curves.sort([*keys, "depth"]).group_by(keys, maintain_order=True):
+    for _, part in groups:
         row = part.row(0, named=True)
         twin = str(row["model"]).endswith(TWIN_SUFFIX)
-        color = colors[bases.index(str(row["model"]).removesuffix(TWIN_SUFFIX)) % len(colors)]
+        color = colors[bases.index(base(row)) % len(colors)]
         found.append((_series_name(row, varying), twin, color, part.sort("depth")))
     return found
 
@@ -350,7 +355,7 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
     Each layer is a column of boxes (clusters, height by size, grouped by family); links to the
     next layer that count (beat independent labellings and the untrained twin) are drawn with
     width by Jaccard, candidate links that do not count dotted. Labels on the right name each
-    family of two or more clusters.
+    family of two or more clusters; clusters in no family are grey.
     """
     clusters = families.clusters
     if clusters.is_empty():
@@ -358,6 +363,8 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
     models = sorted(clusters["model"].unique().to_list())
     order = {name: index for index, name in enumerate(families.families["family"].to_list())}
     cmap = plt.get_cmap("tab20")
+    # clusters in no counted link (families of one cluster) are drawn grey, not as families of their own
+    linked = set(families.families.filter(pl.col("n_clusters") > 1)["family"].to_list())
     fig, axes = plt.subplots(len(models), 1, figsize=(11, 3.2 * len(models)), constrained_layout=True, squeeze=False)
     for ax, model in zip(axes[:, 0], models, strict=True):
         part = clusters.filter(pl.col("model") == model)
@@ -371,7 +378,8 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
             for row in column.iter_rows(named=True):
                 height = row["size"] / total * 0.95
                 ax.add_patch(
-                    Rectangle((layer - 0.15, bottom), 0.3, height, color=cmap(order[row["family"]] % 20), ec="white", lw=0.5)
+                    Rectangle((layer - 0.15, bottom), 0.3, height, ec="white", lw=0.5,
+                              color=cmap(order[row["family"]] % 20) if row["family"] in linked else "0.85")
                 )
                 boxes[(layer, row["token_cluster"])] = (bottom + height / 2, height)
                 bottom += height + 0.05 / max(1, column.height)
@@ -393,6 +401,7 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
             ax.plot([last + 0.3], [y], marker="s", ms=6, color=cmap(order[row["family"]] % 20))
             ax.text(last + 0.45, y, f"{row['family']} {row['kind']}: {label}{flag}", fontsize=7, va="center")
         ax.set_xlim(part["layer"].min() - 0.5, last + 3.5)
+        ax.set_xticks(sorted(part["layer"].unique().to_list()))
         ax.set_ylim(-0.02, 1.1)
         ax.set_yticks([])
         ax.set(xlabel="layer", title=f"{model}: token-cluster families across layers (dotted: links that do not beat the null)")

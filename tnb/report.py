@@ -271,10 +271,13 @@ def null_sentence(row: Mapping) -> str:
 
 def verdict_text(row: Mapping) -> str:
     """A layer's verdict in words, from a row of ``sql/verdicts.sql``."""
+    if row["p_layer"] is None:
+        return "no null computed: not tested"
     if not row["significant"]:
         return f"not significant (p_layer {row['p_layer']:.3g})"
     parts = [f"significant (p_layer {row['p_layer']:.3g})"]
-    parts.append("stable" if row["stable"] else f"not stable (stability {row['stability']:.2f})")
+    stability = "unknown" if row["stability"] is None else f"{row['stability']:.2f}"
+    parts.append("stable" if row["stable"] else f"not stable (stability {stability})")
     if row["beyond_twin"] is None:
         parts.append("no twin to compare")
     else:
@@ -581,17 +584,22 @@ def _layer_figures(
         .select("null_draws")
         .collect()
     )
-    fig = null_figure(
-        np.asarray(draws["null_draws"][0].to_list()), float(row["observed"]), str(row["statistic"]),
-        f"{title}: {row['statistic']} against its null", str(row["null"]), float(row["p_layer"]),
-    )
-    fig_paths = save_figure(fig, figures_dir / f"null_{name}")
-    doc.figure(
-        fig_paths, out,
-        f"The pipeline's own {row['n_null']} {row['null']} null draws on the matrix it clustered, {title}, with the "
-        f"observed {row['statistic']} and the null's 95th percentile. " + null_sentence(row),
-    )
-    paths += fig_paths
+    stored = draws["null_draws"][0] if draws.height else None
+    null_draws = np.asarray([] if stored is None else stored.to_list(), dtype=np.float64)
+    if null_draws.size < 2:
+        doc.paragraph(f"No null draws stored for {title} ({null_draws.size}): its null figure is skipped.")
+    else:
+        fig = null_figure(
+            null_draws, float(row["observed"]), str(row["statistic"]), f"{title}: {row['statistic']} against its null",
+            str(row["null"]), None if row["p_layer"] is None else float(row["p_layer"]),
+        )
+        fig_paths = save_figure(fig, figures_dir / f"null_{name}")
+        doc.figure(
+            fig_paths, out,
+            f"The pipeline's own {row['n_null']} {row['null']} null draws on the matrix it clustered, {title}, with "
+            f"the observed {row['statistic']} and the null's 95th percentile. " + null_sentence(row),
+        )
+        paths += fig_paths
     if not row["significant"]:
         doc.paragraph(f"No bicluster map for {model}: none of its layers is significant.")
         return paths

@@ -59,7 +59,7 @@ def test_report_contains_every_table(report) -> None:
     assert report.metrics.height == 3 + 5 + 5  # one selected point per layer: small, large, large's twin
     assert report.artifacts.height == 8 and (report.artifacts["top_seq_pos"] == 0).all()
     # drop_first comparison: small layers 1-2 have both, so both r2 columns are filled there
-    assert "r2_0" in report.sections["Effect of dropping the first positions"]
+    assert "p_layer_0" in report.sections["Effect of dropping the first positions"]
     assert page.count("<details><summary>") == 8
     assert set(report.families.filter(pl.col("n_clusters") > 1)["kind"]) == {"persistent", "split", "merge"}
     assert report.topicality.height == 13 and report.verdicts.height == 8

@@ -552,11 +552,11 @@ def _drop_first_comparison(curves_all: pl.DataFrame, artifacts: pl.DataFrame) ->
     keys = ["model", "site", "method", "layer"]
     flagged = artifacts.group_by(*keys, "drop_first").agg(pl.len().alias("artifact_clusters"))
     scores = (
-        curves_all.select(*keys, "drop_first", "r2", "z", "spec_mean")
+        curves_all.select(*keys, "drop_first", "r2_interaction", "excess", "p_layer")
         .join(flagged, on=[*keys, "drop_first"], how="left")
         .with_columns(pl.col("artifact_clusters").fill_null(0))
     )
-    wide = scores.pivot(on="drop_first", index=keys, values=["r2", "z", "artifact_clusters"])
+    wide = scores.pivot(on="drop_first", index=keys, values=["r2_interaction", "excess", "p_layer", "artifact_clusters"])
     return wide.sort(keys)
 
 

@@ -15,7 +15,10 @@ expectation for labels independent of the reference):
     information that token identity carries through the clustering.
 ``ami_doc_beyond_token``
     ``ami_doc - ami_doc_from_token``: the document information the clusters carry beyond
-    what token identity predicts. Near 0 means the "topics" are the words' own.
+    what token identity predicts. Near 0 means the "topics" are the words' own; below 0,
+    the clusters say less about the document than their token-id prediction does (clusters
+    noisier than the words: random labels over topical words do this). The prediction is
+    in-sample, as the study's check was: a word seen once predicts its own cluster exactly.
 
 ``lake_topicality`` computes them for every layer's selected grid point, the untrained twins
 (``<model>-untrained``) included, one row per (model, site, method, drop_first, layer).

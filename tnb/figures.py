@@ -319,7 +319,11 @@ def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
         ax.set_yticks(range(len(row_ks)), [str(k) for k in row_ks])
         ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=f"{label} {title}".strip())
         fig.colorbar(shown, ax=ax, label=label)
-    fig.suptitle("* p_layer < 0.05 (corrected for the grid); red box: selected point", fontsize=8)
+    fig.suptitle(
+        "* p_layer < 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
+        "range, so read the numbers",
+        fontsize=8,
+    )
     return fig
 
 

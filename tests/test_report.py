@@ -83,6 +83,7 @@ def test_verdicts_lead_per_layer(report) -> None:
     assert "large: findings (significant and stable) at layers 0, 1, 2, 3, 4; beyond its untrained twin at layers 0, 1, 2, 3, 4." in verdicts
     assert "small: findings (significant and stable) at layer 1; no untrained twin in the lake." in verdicts
     assert "No significant structure was found" not in verdicts
+    assert "beat independent labellings and the twin's strongest link: large 3 (its untrained twin 0); small 3." in verdicts
     by_layer = dict(report.verdicts.filter(pl.col("model") == "small").select("layer", "verdict").iter_rows())
     assert by_layer[0].startswith("not significant")
     assert by_layer[2] == "significant (p_layer 0.025), not stable (stability 0.50), no twin to compare"

@@ -340,8 +340,10 @@ def write_report(
         + f". Clusters below are the selected grid point of each layer, drop_first={drop_first}."
     )
 
+    found_families = lake_families(lake, site, method, drop_first, min_jaccard)
+    counts_all = [family_counts(found) for found in found_families.values()]
     doc.heading("Verdicts")
-    _verdict_section(doc, verdicts, curves)
+    _verdict_section(doc, verdicts, curves, pl.concat(counts_all) if counts_all else pl.DataFrame())
 
     doc.heading("Emergence curves")
     paths = save_figure(emergence_figure(curves_all), figures_dir / "emergence")
@@ -424,7 +426,7 @@ def write_report(
         "counted links; each carries the least seed-to-seed stability of its layers."
     )
     family_tables, count_tables = [], []
-    for (group_site, group_method, group_drop), found in lake_families(lake, site, method, drop_first, min_jaccard).items():
+    for (group_site, group_method, group_drop), found in found_families.items():
         counts = family_counts(found)
         count_tables.append(counts.with_columns(site=pl.lit(group_site), method=pl.lit(group_method)))
         doc.table(counts, f"Families per model and its twin ({group_site}, {group_method}): families of 2+ clusters, "
@@ -463,7 +465,7 @@ def write_report(
     )
 
 
-def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFrame) -> None:
+def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFrame, counts: pl.DataFrame) -> None:
     first = curves.row(0, named=True)
     if verdicts.is_empty() or not verdicts["significant"].any():
         doc.paragraph(
@@ -486,6 +488,18 @@ def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFram
         "threshold). Beyond the twin: its excess over its own null is larger than the untrained twin's at the same "
         "layer. " + null_sentence(first)
     )
+    if not counts.is_empty():
+        totals = counts.group_by("model").agg(pl.col("n_families").sum())
+        by_model = dict(totals.iter_rows())
+        lines = [
+            f"{model} {by_model[model]}" + (f" (its untrained twin {by_model[twin]})" if twin in by_model else "")
+            for model in sorted(by_model) if not model.endswith("-untrained")
+            for twin in [f"{model}-untrained"]
+        ]
+        doc.paragraph(
+            "Families of two or more clusters whose cross-layer links beat independent labellings and the twin's "
+            f"strongest link: {'; '.join(lines)}."
+        )
     shown = verdicts.select(
         "model", "layer", "row_k", "col_k", "observed", "null_q95", "p_layer", "stability", "twin_excess", "excess",
         "verdict",

@@ -1,4 +1,6 @@
--- The grid surface: every (row_k, col_k) grid point's scores, for one layer (or each layer).
+-- The grid surface: every (row_k, col_k) grid point's scores, for one layer (or each layer),
+-- each with its null: observed (the interaction R^2) against null_mean/null_q95 of n_null refits,
+-- z and p per point, p_layer corrected for choosing among the grid's points.
 -- params: model, site, layer, method (NULL = all); drop_first (default 0; NULL = all).
 SELECT
     m.model,
@@ -9,14 +11,27 @@ SELECT
     m.row_k,
     m.col_k,
     m.r2,
+    m.r2_rows,
+    m.r2_cols,
+    m.r2_interaction,
     m.adjusted_r2,
-    m.z,
-    m.p,
+    m.statistic,
+    m.observed,
+    m."null",
+    m.n_null,
     m.null_mean,
     m.null_sd,
+    m.null_q95,
+    m.excess,
+    m.z,
+    m.p,
+    m.p_layer,
+    m.stability,
+    m.significant,
+    m.stable,
     m.spec_mean,
-    m.n_permutations,
-    m.selected
+    m.selected,
+    m.finding
 FROM metrics AS m
 CROSS JOIN params AS p
 WHERE (p.model IS NULL OR m.model = p.model)

@@ -1,13 +1,17 @@
--- Top tokens of each token cluster, by lift: how much more often the token occurs in the
--- cluster than in the whole clustered stream, (count / cluster_size) / (stream_count / n_positions).
--- Lift keeps " the", " of" and "," from heading every cluster; count is shown beside it.
+-- Top tokens of each token cluster, by shrunk lift. Lift is how much more often the token
+-- occurs in the cluster than in the whole clustered stream: count / expected, with
+-- expected = cluster_size * stream_count / n_positions. A word seen 3 times, all in one
+-- cluster, has the largest lift possible, tied with every other such word; so tokens are
+-- ranked by lift_shrunk = (count + shrink) / (expected + shrink), which adds `shrink`
+-- pseudo-occurrences at lift 1 and pulls rare words' lift toward 1, and only tokens seen at
+-- least min_count times in the cluster are ranked. Raw lift is shown beside it.
 -- The baseline is every position labelled at that grid point: the whole stream when
 -- drop_first = 0; with drop_first > 0 the dropped leading positions belong to no cluster,
 -- so they are left out of the baseline too.
 -- Labels join tokens through models.stream (the stream the model's activations align with).
--- Ties: higher lift, then higher count, then lower token_id.
+-- Ties: higher shrunk lift, then higher count, then lower token_id.
 -- params: model, site, layer, method (NULL = all); drop_first (default 0; NULL = all);
---         row_k/col_k (NULL = the selected grid point); top_n (10); min_count (2).
+--         row_k/col_k (NULL = the selected grid point); top_n (10); min_count (5); shrink (5).
 WITH chosen AS (
     SELECT m.model, m.site, m.layer, m.method, m.drop_first, m.row_k, m.col_k
     FROM metrics AS m
@@ -56,7 +60,10 @@ scored AS (
         s.cluster_size, c.token_id, c.token, c.count, sc.stream_count,
         CAST(c.count AS DOUBLE) / s.cluster_size AS cluster_share,
         CAST(sc.stream_count AS DOUBLE) / t.n_positions AS stream_share,
-        CAST(c.count * t.n_positions AS DOUBLE) / (s.cluster_size * sc.stream_count) AS lift
+        CAST(c.count * t.n_positions AS DOUBLE) / (s.cluster_size * sc.stream_count) AS lift,
+        CAST(s.cluster_size * sc.stream_count AS DOUBLE) / t.n_positions AS expected,
+        (c.count + p.shrink) / (CAST(s.cluster_size * sc.stream_count AS DOUBLE) / t.n_positions + p.shrink)
+            AS lift_shrunk
     FROM counts AS c
     JOIN cluster_sizes AS s
         ON c.model = s.model AND c.site = s.site AND c.layer = s.layer AND c.method = s.method
@@ -74,13 +81,13 @@ ranked AS (
     SELECT *,
         ROW_NUMBER() OVER (
             PARTITION BY model, site, layer, method, drop_first, token_cluster
-            ORDER BY lift DESC, count DESC, token_id ASC
+            ORDER BY lift_shrunk DESC, count DESC, token_id ASC
         ) AS rank
     FROM scored
 )
 SELECT r.model, r.site, r.layer, r.method, r.drop_first, r.row_k, r.col_k, r.token_cluster,
     r.cluster_size, r.rank, r.token_id, r.token, r.count, r.stream_count,
-    r.cluster_share, r.stream_share, r.lift
+    r.cluster_share, r.stream_share, r.expected, r.lift, r.lift_shrunk
 FROM ranked AS r
 CROSS JOIN params AS p
 WHERE r.rank <= p.top_n

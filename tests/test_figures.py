@@ -16,9 +16,10 @@ from tnb.figures import (
     grid_figure,
     null_figure,
     save_figure,
+    topicality_figure,
 )
 from tnb.query import run_query
-from tnb.report import block_r2, label_shuffle_null
+from tnb.topicality import lake_topicality
 
 
 @pytest.fixture(scope="module")
@@ -65,61 +66,80 @@ def test_map_rejects_mismatched_labels() -> None:
         block_average_map(np.zeros((4, 3)), np.zeros(5), np.zeros(3))
 
 
-def test_emergence_figure_one_line_per_model_and_drop_first(lake) -> None:
+def test_emergence_figure_draws_each_curve_with_its_baseline(lake) -> None:
     curves = run_query(lake, "emergence_curves", {"drop_first": None})
     fig = emergence_figure(curves)
-    ax_r2, ax_z, ax_spec = fig.axes[0], fig.axes[2], fig.axes[1]
-    labels = sorted(line.get_label() for line in ax_r2.lines)
-    assert labels == ["large drop_first=0", "small drop_first=0", "small drop_first=1"]
-    assert len(ax_spec.lines) == 3 and len(ax_z.lines) == 3
-    large = next(line for line in ax_r2.lines if line.get_label() == "large drop_first=0")
+    ax_obs, ax_parts, ax_spec, ax_mi = fig.axes[:4]
+    labels = sorted(line.get_label() for line in ax_obs.lines)
+    assert labels == [f"{name} observed" for name in
+                      ("large drop_first=0", "large-untrained drop_first=0", "small drop_first=0", "small drop_first=1")]
+    large = next(line for line in ax_obs.lines if line.get_label() == "large drop_first=0 observed")
+    twin = next(line for line in ax_obs.lines if line.get_label().startswith("large-untrained"))
     assert list(large.get_xdata()) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert list(large.get_ydata()) == curves.filter((pl.col("model") == "large"))["r2"].to_list()
+    rows = curves.filter(pl.col("model") == "large").sort("layer")
+    assert list(large.get_ydata()) == rows["observed"].to_list()
+    assert twin.get_color() == large.get_color() and twin.get_linestyle() == "--" and large.get_linestyle() == "-"
+    # the null band: one filled band per series, between null_mean and null_q95
+    band = next(c for c in ax_obs.collections if c.get_label() == "large drop_first=0 null mean..q95")
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(rows["null_mean"].min()) and ys.max() == pytest.approx(rows["null_q95"].max())
+    assert len(ax_parts.lines) == 3 * 4  # rows, cols, interaction per series
+    noise = [line for line in ax_spec.lines if line.get_label().endswith("Gaussian noise")]
+    assert len(noise) == 4 and list(noise[0].get_ydata()) == [0.03125] * len(noise[0].get_ydata())
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax_mi.lines)  # the zero baseline drawn
+    for axis in (ax_obs, ax_parts, ax_spec):
+        assert axis.get_ylim()[0] == 0.0  # starts from the baseline
+    assert "interaction_refit, 39 refits" in ax_obs.get_title()
+
+
+def test_topicality_figure_draws_the_token_identity_baseline(lake) -> None:
+    table = lake_topicality(lake).join(
+        run_query(lake, "emergence_curves").select("model", "layer", "depth"), on=["model", "layer"]
+    )
+    fig = topicality_figure(table)
+    ax_doc, ax_beyond = fig.axes[:2]
+    baselines = [line for line in ax_doc.lines if line.get_label().endswith("predicted from token id")]
+    assert len(baselines) == 3 and len(ax_beyond.lines) == 3 + 1  # 3 series + the zero line
+    small = next(line for line in ax_beyond.lines if line.get_label() == "small")
+    expected = table.filter(pl.col("model") == "small").sort("depth")["ami_doc_beyond_token"].to_list()
+    assert list(small.get_ydata()) == pytest.approx(expected)
 
 
 def test_grid_figure_marks_the_selected_point(lake) -> None:
     grid = run_query(lake, "grid_surface", {"model": "small", "layer": 1})
     fig = grid_figure(grid, "small 1")
-    for ax, column in zip(fig.axes[:2], ("r2", "z"), strict=True):
+    for ax, column in zip(fig.axes[:2], ("excess", "z"), strict=True):
         texts = sorted(text.get_text() for text in ax.texts)
-        assert texts == sorted(f"{value:.3g}" for value in grid[column])
+        assert texts == sorted(f"{value:.3g}*" for value in grid[column])  # every point significant here
         (box,) = ax.patches
         # selected (4, 2): row_k index 1 of [2, 4], col_k index 0 of [2, 3]
         assert box.get_xy() == (-0.5, 0.5)
+    assert "interaction_refit null, 39 refits" in fig.axes[1].get_title()
+    unstarred = grid_figure(run_query(lake, "grid_surface", {"model": "small", "layer": 0}))
+    assert not any(text.get_text().endswith("*") for text in unstarred.axes[0].texts)
 
 
 def test_null_figure_marks_the_observed_value() -> None:
     null = np.random.default_rng(0).normal(0.1, 0.01, 500)
-    fig = null_figure(null, 0.2)
+    fig = null_figure(null, 0.2, null_name="interaction_refit", p_layer=0.002)
     ax = fig.axes[0]
-    assert ax.lines[0].get_xdata()[0] == 0.2
+    assert ax.lines[1].get_xdata()[0] == 0.2
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(np.quantile(null, 0.95))
     assert sum(patch.get_height() for patch in ax.patches) == 500
     z = (0.2 - null.mean()) / null.std(ddof=1)
-    assert f"Z = {z:.1f}" in ax.get_legend().get_texts()[1].get_text()
+    texts = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert texts[0] == "interaction_refit (500 draws)"
+    assert f"Z = {z:.1f}, p = {1 / 501:.3g}, p_layer = 0.002" in texts[2]
 
 
 def test_family_flow_one_panel_per_model(lake) -> None:
     found = lake_families(lake)[("resid", "biclustering", 0)]
     fig = family_flow_figure(found)
-    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["large", "small"]
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["large", "large-untrained", "small"]
     texts = " ".join(text.get_text() for ax in fig.axes for text in ax.texts)
     assert "small/F1 split" in texts and "large/F2 merge" in texts and "[position]" in texts
-
-
-def test_block_r2_and_null_on_planted_blocks() -> None:
-    matrix, rows, cols, _ = _planted(n_rows=2000, n_cols=32, seed=2)
-    noisy = matrix + np.random.default_rng(3).normal(0, 1, matrix.shape)
-    null, observed = label_shuffle_null(noisy, rows, cols, n_permutations=50, seed=0)
-    assert observed == pytest.approx(block_r2(noisy, rows, cols))
-    # direct block-mean R^2
-    fitted = np.zeros_like(noisy)
-    for i in np.unique(rows):
-        for j in np.unique(cols):
-            block = np.ix_(rows == i, cols == j)
-            fitted[block] = noisy[block].mean()
-    direct = 1 - ((noisy - fitted) ** 2).sum() / ((noisy - noisy.mean()) ** 2).sum()
-    assert observed == pytest.approx(direct, rel=1e-9)
-    assert observed > 0.5 and null.max() < 0.05
+    twin = fig.axes[1]  # no link of the random twin beats the nulls: grey clusters, no family labels
+    assert len(twin.texts) == 0 and {patch.get_facecolor()[:3] for patch in twin.patches} == {(0.85, 0.85, 0.85)}
 
 
 def test_map_keeps_small_clusters_visible() -> None:

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
+import polars as pl
 import pytest
 
+import tnb.report
 from tests.fixtures.analysis_lake import build_fixture_lake
 from tnb.report import ReportError, write_report
 
@@ -23,18 +24,22 @@ def lake(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def report(lake, tmp_path_factory: pytest.TempPathFactory):
-    null = np.linspace(0.05, 0.07, 100)
-    return write_report(
-        lake.root, tmp_path_factory.mktemp("out") / "report", null_samples={("small", "resid", 2): null}
-    )
+    return write_report(lake.root, tmp_path_factory.mktemp("out") / "report")
+
+
+@pytest.fixture(scope="module")
+def nothing_report(tmp_path_factory: pytest.TempPathFactory):
+    """The same clusters, but no layer of any model beats its null."""
+    lake = build_fixture_lake(tmp_path_factory.mktemp("nothing") / "lake", significant=False)
+    return write_report(lake.root, tmp_path_factory.mktemp("out") / "nothing")
 
 
 def test_report_contains_every_figure(report) -> None:
     page = report.html.read_text()
     markdown = report.markdown.read_text()
     pngs = [path for path in report.figures if path.suffix == ".png"]
-    # emergence + families + (grid, map, null) for the highest-Z layer of each of 2 models
-    assert len(pngs) == 8 and len(report.figures) == 16
+    # emergence + topicality + families + (grid, null, map) for the best finding of each of 2 trained models
+    assert len(pngs) == 9 and len(report.figures) == 18
     for path in report.figures:
         assert path.is_file() and path.stat().st_size > 1000
         rel = path.relative_to(report.html.parent).as_posix()
@@ -45,15 +50,19 @@ def test_report_contains_every_figure(report) -> None:
 
 def test_report_contains_every_table(report) -> None:
     page = report.html.read_text()
-    for section in ("Emergence curves", "Metrics", "Effect of dropping the first positions", "Position artifacts",
-                    "Bicluster maps, grids and nulls", "Token clusters per layer", "Circuit families"):
+    sections = ("Verdicts", "Emergence curves", "Metrics", "Topicality beyond token identity",
+                "Effect of dropping the first positions", "Position artifacts", "Bicluster maps, grids and nulls",
+                "Token clusters per layer", "Circuit families")
+    for section in sections:
         assert f"<h2>{section}</h2>" in page and section in report.sections
-    assert report.metrics.height == 8  # one selected grid point per layer: 3 (small) + 5 (large)
+    assert re.findall(r"<h2>(.*?)</h2>", page)[0] == "Verdicts"  # the report leads with its verdict
+    assert report.metrics.height == 3 + 5 + 5  # one selected point per layer: small, large, large's twin
     assert report.artifacts.height == 8 and (report.artifacts["top_seq_pos"] == 0).all()
     # drop_first comparison: small layers 1-2 have both, so both r2 columns are filled there
-    assert "r2_0" in report.sections["Effect of dropping the first positions"]
+    assert "p_layer_0" in report.sections["Effect of dropping the first positions"]
     assert page.count("<details><summary>") == 8
-    assert set(report.families["kind"]) == {"persistent", "split", "merge"}
+    assert set(report.families.filter(pl.col("n_clusters") > 1)["kind"]) == {"persistent", "split", "merge"}
+    assert report.topicality.height == 13 and report.verdicts.height == 8
     assert "small/F1" in page and "large/F2" in page
 
 
@@ -63,16 +72,54 @@ def test_clusters_show_top_tokens_and_snippets(report) -> None:
     assert "&#x27; senate&#x27; ×" in small_1 and "position artifact" in small_1
     # keyword in context: the keyword bold, context from its own sequence
     snippets = re.findall(r'<span class="kw">…(.*?)<b>(.*?)</b>(.*?)…</span>', small_1)
-    assert len(snippets) == 4 * 3
+    assert len(snippets) == 3 * 3  # P's four starters are seen 3 times each: below min_count (5), no top tokens
     assert any(keyword == " senate" for _, keyword, _ in snippets)
     md = report.markdown.read_text()
     assert "**small resid layer 1 (biclustering)**" in md and "**senate**" in md
 
 
-def test_null_samples_from_the_pipeline_are_used(report) -> None:
+def test_verdicts_lead_per_layer(report) -> None:
+    verdicts = report.sections["Verdicts"]
+    assert "large: findings (significant and stable) at layers 0, 1, 2, 3, 4; beyond its untrained twin at layers 0, 1, 2, 3, 4." in verdicts
+    assert "small: findings (significant and stable) at layer 1; no untrained twin in the lake." in verdicts
+    assert "No significant structure was found" not in verdicts
+    assert "beat independent labellings and the twin's strongest link: large 3 (its untrained twin 0); small 3." in verdicts
+    by_layer = dict(report.verdicts.filter(pl.col("model") == "small").select("layer", "verdict").iter_rows())
+    assert by_layer[0].startswith("not significant")
+    assert by_layer[2] == "significant (p_layer 0.025), not stable (stability 0.50), no twin to compare"
+    assert "Z is the distance of the observed r2_interaction from the mean of the interaction_refit null" in verdicts
+
+
+def test_nothing_significant_is_said_and_no_point_is_crowned(nothing_report) -> None:
+    verdicts = nothing_report.sections["Verdicts"]
+    assert verdicts.startswith("No significant structure was found: no layer of any model beats the interaction_refit null (39 draws)")
+    assert "findings (significant and stable) at" not in verdicts
+    assert not nothing_report.verdicts["significant"].any()
+    names = [path.stem for path in nothing_report.figures if path.suffix == ".png"]
+    assert not [name for name in names if name.startswith("map_")]  # no bicluster map drawn as a finding
+    maps = nothing_report.sections["Bicluster maps, grids and nulls"]
+    assert "not significant: shown for reference, not a finding" in maps
+    assert "No bicluster map for large: none of its layers is significant." in maps
+
+
+def test_nulls_are_the_pipelines_own_draws(report) -> None:
+    assert not hasattr(tnb.report, "label_shuffle_null") and not hasattr(tnb.report, "block_r2")
     page = report.html.read_text()
-    assert "Permutation null from the pipeline, small resid layer 2" in page
-    assert "Label-shuffle null of block-mean R², recomputed for this figure (200 permutations, seed 0), large" in page
+    assert "The pipeline&#x27;s own 39 interaction_refit null draws on the matrix it clustered, small resid layer 1" in page
+    assert "recomputed" not in page
+
+
+def test_every_figure_says_what_it_is_compared_against(report) -> None:
+    page = report.html.read_text()
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 9
+    baselines = ("null", "twin", "token identity", "Gaussian noise")
+    for caption in captions:
+        if not caption.startswith("Bicluster map"):
+            assert any(word in caption for word in baselines), caption
+    for stem in ("grid_", "null_"):
+        for caption in [c for c, p in zip(captions, re.findall(r'<img src="figures/([^"]+)"', page)) if p.startswith(stem)]:
+            assert "Z is the distance" in caption and "p_layer" in caption
 
 
 def test_report_on_an_empty_lake_says_what_to_run(tmp_path: Path) -> None:
@@ -105,13 +152,13 @@ def _image_check(dom: str) -> tuple[int, int]:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium(report, tmp_path: Path) -> None:
     loaded, total = _image_check(_render(report.html, tmp_path / "profile"))
-    assert (loaded, total) == (8, 8)
+    assert (loaded, total) == (9, 9)
     # control: the same page with one figure missing is caught
     broken = tmp_path / "broken"
     shutil.copytree(report.html.parent, broken)
     (broken / "figures" / "emergence.png").unlink()
     loaded, total = _image_check(_render(broken / "index.html", tmp_path / "profile2"))
-    assert (loaded, total) == (7, 8)
+    assert (loaded, total) == (8, 9)
 
 
 def test_cli_report_writes_index_html(lake, tmp_path: Path, capsys) -> None:

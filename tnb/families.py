@@ -1,17 +1,28 @@
 """Circuit families: token clusters matched across layers and model sizes by Jaccard overlap.
 
 A token cluster is a set of stream positions. Two clusters of consecutive layers of one
-model are *linked* when the Jaccard index of their position sets reaches ``min_jaccard``;
-the connected components of these links are *families*. A family whose every layer has one
-cluster *persists*; a cluster linked to two or more clusters of the next layer *splits*;
-two or more clusters linked to one of the next layer *merge*. Models that read the same
-token stream (all GPT-2 sizes) are matched too: each layer of the shallower model against
-the layer of the deeper one at the nearest relative depth, and families joined by such a
-match share a ``lineage``. Each family is labelled by its top tokens by lift.
+model are a *candidate link* when the Jaccard index of their position sets reaches
+``min_jaccard``. A link *counts* only when it beats two nulls:
 
-Chance overlap of two random clusters among ``k`` is about ``1 / (2k - 1)`` (0.04 for k=12),
-so the default ``min_jaccard=0.3`` links only real continuations; a clean split of a cluster
-into two halves gives 0.5 per half.
+- independent labellings: its intersection is at least ``min_overlap_z`` standard deviations
+  above what two unrelated clusters of the same sizes share (hypergeometric), and
+- the untrained twin: where the lake holds ``<model>-untrained``, its Jaccard exceeds the
+  largest Jaccard between any two clusters of the twin's same two layers. A random-weight
+  network already carries token identity and position from layer to layer; a link no
+  stronger than the twin's strongest is not evidence of what training built.
+
+The connected components of the counted links are *families*. A family whose every layer
+has one cluster *persists*; a cluster linked to two or more clusters of the next layer
+*splits*; two or more clusters linked to one of the next layer *merge*. Each family carries
+the seed-to-seed ``stability`` of its layers' clusterings (the least, from the metrics table).
+Models that read the same token stream (all GPT-2 sizes) are matched too: each layer of the
+shallower model against the layer of the deeper one at the nearest relative depth, and
+families joined by such a match share a ``lineage``. Each family is labelled by its top
+tokens by shrunk lift.
+
+Chance overlap of two random clusters among ``k`` is about ``1 / (2k - 1)`` (0.04 for k=12,
+0.33 for k=2), so ``min_jaccard=0.3`` alone does not rule out chance at small k: the
+hypergeometric z does.
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ def load_token_clusters(
     -------
     DataFrame
         Columns ``model, site, method, drop_first, layer, row_k, col_k, token_cluster, pos,
-        stream, n_layers``.
+        stream, n_layers, stability, stable``.
     """
     frames = tables(lake)
     selected = frames["metrics"].filter(pl.col("selected"))
@@ -70,11 +81,14 @@ def load_token_clusters(
         if value is not None:
             selected = selected.filter(pl.col(name) == value)
     keys = ["model", "site", "layer", "method", "drop_first", "row_k", "col_k"]
-    labels = frames["labels"].filter(pl.col("axis") == "token").join(selected.select(keys), on=keys)
+    labels = frames["labels"].filter(pl.col("axis") == "token").join(selected.select(*keys, "stability", "stable"), on=keys)
     models = frames["models"].select("model", "stream", "n_layers")
     return (
         labels.join(models, on="model")
-        .select(*keys, pl.col("label").alias("token_cluster"), pl.col("index").alias("pos"), "stream", "n_layers")
+        .select(
+            *keys, pl.col("label").alias("token_cluster"), pl.col("index").alias("pos"), "stream", "n_layers",
+            "stability", "stable",
+        )
         .sort("model", "site", "method", "drop_first", "layer", "pos")
         .collect()
     )
@@ -98,13 +112,44 @@ def _overlaps(left: pl.DataFrame, right: pl.DataFrame, on: list[str]) -> pl.Data
     )
 
 
-def _layer_edges(members: pl.DataFrame, min_jaccard: float) -> pl.DataFrame:
+TWIN_SUFFIX = "-untrained"
+
+
+def _layer_edges(members: pl.DataFrame, min_jaccard: float, min_overlap_z: float) -> pl.DataFrame:
+    """Candidate links between consecutive layers (Jaccard >= min_jaccard), each tested against the nulls.
+
+    ``overlap_z``: the intersection against independent labellings (hypergeometric mean and sd);
+    ``twin_jaccard``: the largest Jaccard between clusters of the twin's same two layers (null
+    without a twin); ``counted``: the link beats both.
+    """
     left = members.select("model", "layer", "token_cluster", "pos")
     layers = left.select("model", "layer").unique().sort("model", "layer")
     following = layers.with_columns(to_layer=pl.col("layer").shift(-1).over("model")).drop_nulls()
     right = left.rename({"layer": "to_layer"}).join(following, on=["model", "to_layer"])
     edges = _overlaps(left.join(following, on=["model", "layer"]), right, ["model", "layer", "to_layer"])
-    return edges.filter(pl.col("jaccard") >= min_jaccard).with_columns(to_model=pl.col("model"), kind=pl.lit("layer"))
+    n_positions = left.group_by("model", "layer").agg(pl.len().cast(pl.Float64).alias("n"))
+    twin_best = (
+        edges.filter(pl.col("model").str.ends_with(TWIN_SUFFIX))
+        .group_by("model", "layer", "to_layer")
+        .agg(pl.col("jaccard").max().alias("twin_jaccard"))
+        .with_columns(pl.col("model").str.strip_suffix(TWIN_SUFFIX))
+    )
+    mean = pl.col("size") * pl.col("to_size") / pl.col("n")
+    var = mean * (1 - pl.col("size") / pl.col("n")) * (pl.col("n") - pl.col("to_size")) / (pl.col("n") - 1)
+    z = pl.when(var > 0).then((pl.col("intersection") - mean) / var.sqrt()).otherwise(0.0)
+    return (
+        edges.filter(pl.col("jaccard") >= min_jaccard)
+        .join(n_positions, on=["model", "layer"])
+        .join(twin_best, on=["model", "layer", "to_layer"], how="left")
+        .with_columns(overlap_z=z)
+        .with_columns(
+            counted=(pl.col("overlap_z") >= min_overlap_z)
+            & (pl.col("twin_jaccard").is_null() | (pl.col("jaccard") > pl.col("twin_jaccard"))),
+            to_model=pl.col("model"),
+            kind=pl.lit("layer"),
+        )
+        .drop("n")
+    )
 
 
 def _model_edges(members: pl.DataFrame, min_jaccard: float) -> pl.DataFrame:
@@ -114,8 +159,8 @@ def _model_edges(members: pl.DataFrame, min_jaccard: float) -> pl.DataFrame:
     rows = info.rows(named=True)
     for i, shallow in enumerate(rows):
         for deep in rows[i + 1 :]:
-            if shallow["stream"] != deep["stream"]:
-                continue
+            if shallow["stream"] != deep["stream"] or TWIN_SUFFIX in shallow["model"] + deep["model"]:
+                continue  # lineage joins trained models; a twin is a control, not a relative
             left = members.filter(pl.col("model") == shallow["model"]).select("model", "layer", "token_cluster", "pos")
             layer_map = (
                 left.select("layer")
@@ -135,7 +180,10 @@ def _model_edges(members: pl.DataFrame, min_jaccard: float) -> pl.DataFrame:
     if not found:
         return pl.DataFrame(schema={**_EDGE_SCHEMA})
     edges = pl.concat([frame.select(*columns, "to_model") for frame in found])
-    return edges.filter(pl.col("jaccard") >= min_jaccard).with_columns(kind=pl.lit("model"))
+    return edges.filter(pl.col("jaccard") >= min_jaccard).with_columns(
+        kind=pl.lit("model"), overlap_z=pl.lit(None, pl.Float64), twin_jaccard=pl.lit(None, pl.Float64),
+        counted=pl.lit(True),
+    )
 
 
 _EDGE_SCHEMA = {
@@ -149,6 +197,9 @@ _EDGE_SCHEMA = {
     "to_size": pl.UInt32,
     "intersection": pl.UInt32,
     "jaccard": pl.Float64,
+    "overlap_z": pl.Float64,  # intersection vs independent labellings of the same sizes (layer links)
+    "twin_jaccard": pl.Float64,  # the twin's strongest link between the same two layers (null: no twin)
+    "counted": pl.Boolean,  # the link beats both nulls and joins a family
     "kind": pl.String,
 }
 
@@ -177,9 +228,9 @@ def _display(token: pl.Expr) -> pl.Expr:
 
 
 def _family_labels(
-    clusters: pl.DataFrame, members: pl.DataFrame, tokens: pl.DataFrame, n_label: int, min_count: int
+    clusters: pl.DataFrame, members: pl.DataFrame, tokens: pl.DataFrame, n_label: int, min_count: int, shrink: float
 ) -> pl.DataFrame:
-    """Top tokens by lift over each family's positions (a position counts once per member layer)."""
+    """Top tokens by shrunk lift over each family's positions (a position counts once per member layer)."""
     tagged = members.join(clusters.select("model", "layer", "token_cluster", "family"), on=["model", "layer", "token_cluster"])
     tagged = tagged.join(tokens, on=["stream", "pos"])
     counts = tagged.group_by("family", "token_id").agg(pl.len().alias("count"), pl.col("token").first())
@@ -196,11 +247,14 @@ def _family_labels(
         .join(stream, on=["model", "token_id"])
         .join(stream_total, on="model")
         .with_columns(
-            lift=(pl.col("count") * pl.col("n_positions")).cast(pl.Float64)
-            / (pl.col("family_size") * pl.col("stream_count"))
+            expected=(pl.col("family_size") * pl.col("stream_count")).cast(pl.Float64) / pl.col("n_positions")
+        )
+        .with_columns(
+            lift=pl.col("count") / pl.col("expected"),
+            lift_shrunk=(pl.col("count") + shrink) / (pl.col("expected") + shrink),
         )
         .filter(pl.col("count") >= min_count)
-        .sort(["family", "lift", "count", "token_id"], descending=[False, True, True, False])
+        .sort(["family", "lift_shrunk", "count", "token_id"], descending=[False, True, True, False])
     )
     top = scored.group_by("family", maintain_order=True).head(n_label)
     labels = top.group_by("family", maintain_order=True).agg(
@@ -220,6 +274,8 @@ def find_families(
     n_label: int = 3,
     min_count: int = 2,
     artifact_share: float = 0.9,
+    min_overlap_z: float = 4.0,
+    shrink: float = 5.0,
 ) -> Families:
     """Chain token clusters into families within one (site, method, drop_first).
 
@@ -227,11 +283,16 @@ def find_families(
     ----------
     members : DataFrame
         One row per clustered position: ``model, layer, token_cluster, pos, stream,
-        n_layers`` (as :func:`load_token_clusters` returns, for one site/method/drop_first).
+        n_layers`` and optionally ``stability`` (as :func:`load_token_clusters` returns, for
+        one site/method/drop_first). A model named ``<model>-untrained`` is ``<model>``'s twin.
     tokens : DataFrame, optional
         The token streams (``stream, pos, token_id, token, seq_pos``), for labels.
     min_jaccard : float
-        Least Jaccard index of two clusters' positions for them to be linked.
+        Least Jaccard index of two clusters' positions for them to be a candidate link.
+    min_overlap_z : float
+        Least hypergeometric z of a link's intersection (against independent labellings) for it to count.
+    shrink : float
+        Pseudo-occurrences at lift 1 added to each token's count when ranking label tokens.
     """
     if not 0.0 < min_jaccard <= 1.0:
         raise ValueError(f"min_jaccard should be in (0, 1]. Got {min_jaccard} instead.")
@@ -246,9 +307,9 @@ def find_families(
         .sort("model", "layer", pl.col("size"), "token_cluster", descending=[False, False, True, False])
         .with_row_index("node")
     )
-    layer_edges = _layer_edges(members, min_jaccard)
+    layer_edges = _layer_edges(members, min_jaccard, min_overlap_z)
     node_keys = clusters.select("node", "model", "layer", "token_cluster")
-    linked = layer_edges.join(node_keys, on=["model", "layer", "token_cluster"]).join(
+    linked = layer_edges.filter(pl.col("counted")).join(node_keys, on=["model", "layer", "token_cluster"]).join(
         node_keys.rename({"node": "to_node", "layer": "to_layer", "token_cluster": "to_token_cluster"}),
         on=["model", "to_layer", "to_token_cluster"],
     )
@@ -282,6 +343,7 @@ def find_families(
             pl.col("node").min().alias("_first"),
         )
         .join(events, on="family")
+        .join(_family_stability(clusters, members, linked), on="family")
         .with_columns(
             kind=pl.when(pl.col("n_clusters") == 1)
             .then(pl.lit("transient"))
@@ -306,7 +368,7 @@ def find_families(
     summary = _add_lineage(summary, cross)
 
     if tokens is not None:
-        labels = _family_labels(clusters, members, tokens, n_label, min_count)
+        labels = _family_labels(clusters, members, tokens, n_label, min_count, shrink)
         summary = summary.join(labels, on="family", how="left").with_columns(
             position_artifact=pl.col("top_seq_pos_share") > artifact_share
         )
@@ -317,6 +379,53 @@ def find_families(
         ]
     ).sort("kind", "model", "layer", "token_cluster", "to_model", "to_layer", "to_token_cluster")
     return Families(clusters=clusters.drop("node"), edges=edges, families=summary)
+
+
+def _family_stability(clusters: pl.DataFrame, members: pl.DataFrame, linked: pl.DataFrame) -> pl.DataFrame:
+    """Per family: counted links, and the least seed-to-seed stability of its layers (null if unknown)."""
+    links = linked.join(clusters.select("node", "family"), on="node").group_by("family").agg(pl.len().alias("n_links"))
+    if "stability" in members.columns:
+        layer_stability = members.group_by("model", "layer").agg(pl.col("stability").first())
+    else:
+        layer_stability = members.select("model", "layer").unique().with_columns(stability=pl.lit(None, pl.Float64))
+    return (
+        clusters.join(layer_stability, on=["model", "layer"], how="left")
+        .group_by("family")
+        .agg(pl.col("stability").min())
+        .join(links, on="family", how="left")
+        .with_columns(pl.col("n_links").fill_null(0).cast(pl.Int64))
+    )
+
+
+def family_counts(found: Families) -> pl.DataFrame:
+    """Per model: families of two or more clusters, persistent ones, and links counted or not.
+
+    What a random-weight twin gives beside its trained model is the point: columns
+    ``n_families`` (families of >= 2 clusters), ``n_persistent``, ``n_all_layers`` (families
+    spanning every layer), ``n_candidate_links``, ``n_links`` (counted), and
+    ``n_links_within_twin`` (candidates no stronger than the twin's strongest link).
+    """
+    families = found.families
+    depth = found.clusters.group_by("model").agg(pl.col("layer").min().alias("lo"), pl.col("layer").max().alias("hi"))
+    linked = families.filter(pl.col("n_clusters") >= 2).join(depth, on="model")
+    per_model = linked.group_by("model").agg(
+        pl.len().alias("n_families"),
+        (pl.col("kind") == "persistent").sum().alias("n_persistent"),
+        ((pl.col("first_layer") == pl.col("lo")) & (pl.col("last_layer") == pl.col("hi"))).sum().alias("n_all_layers"),
+    )
+    edges = found.edges.filter(pl.col("kind") == "layer").group_by("model").agg(
+        pl.len().alias("n_candidate_links"),
+        pl.col("counted").sum().alias("n_links"),
+        (pl.col("jaccard") <= pl.col("twin_jaccard")).sum().alias("n_links_within_twin"),
+    )
+    models = found.clusters.select("model").unique()
+    return (
+        models.join(per_model, on="model", how="left")
+        .join(edges, on="model", how="left")
+        .with_columns(pl.exclude("model").fill_null(0).cast(pl.Int64))
+        .with_columns(is_twin=pl.col("model").str.ends_with(TWIN_SUFFIX))
+        .sort("model")
+    )
 
 
 def _add_lineage(summary: pl.DataFrame, cross: pl.DataFrame) -> pl.DataFrame:

@@ -38,44 +38,114 @@ def save_figure(fig: Figure, base: str | os.PathLike[str], dpi: int = 120) -> li
     return paths
 
 
+TWIN_SUFFIX = "-untrained"
+PARTS = (("r2_rows", ":", "rows"), ("r2_cols", "-.", "cols"), ("r2_interaction", "-", "interaction"))
+
+
 def _series_name(row: dict, varying: list[str]) -> str:
     parts = [str(row["model"])]
     parts += [f"{name}={row[name]}" for name in varying]
     return " ".join(parts)
 
 
-def emergence_figure(curves: pl.DataFrame, show_z: bool = True) -> Figure:
-    """The study's two panels: R^2 (and Z, dashed, right axis) per depth; mean specialization.
+def _series(curves: pl.DataFrame) -> list[tuple[str, bool, str, pl.DataFrame]]:
+    """(name, is_twin, colour, rows by depth) per line; a twin takes its trained model's colour."""
+    varying = [name for name in ("site", "method", "drop_first") if name in curves.columns and curves[name].n_unique() > 1]
+    keys = ["model", *varying]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(curves.sort([*keys, "depth"]).group_by(keys, maintain_order=True))
+
+    def base(row: dict) -> str:  # the series' name with the twin's model name mapped to its model's
+        return _series_name({**row, "model": str(row["model"]).removesuffix(TWIN_SUFFIX)}, varying)
+
+    bases = sorted({base(part.row(0, named=True)) for _, part in groups})
+    found = []
+    for _, part in groups:
+        row = part.row(0, named=True)
+        twin = str(row["model"]).endswith(TWIN_SUFFIX)
+        color = colors[bases.index(base(row)) % len(colors)]
+        found.append((_series_name(row, varying), twin, color, part.sort("depth")))
+    return found
+
+
+def emergence_figure(curves: pl.DataFrame) -> Figure:
+    """Four panels per depth, each with what it is compared against; an untrained twin dashed beside its model.
+
+    (a) the interaction R^2 of each layer's selected point with its null band (null mean to
+    95th percentile of the refits); (b) the R^2 parts (token-cluster rows, neuron-cluster
+    columns, interaction); (c) the study's mean specialization with its Gaussian-noise
+    baseline; (d) spec_mi, whose shuffle expectation is 0. R^2 and specialization axes
+    start at 0, so that a small difference is not magnified.
 
     Parameters
     ----------
     curves : DataFrame
-        Rows of ``sql/emergence_curves.sql``: ``model, site, method, drop_first, depth, r2,
-        z, spec_mean``. One line per model (and per site/method/drop_first when they vary).
+        Rows of ``sql/emergence_curves.sql``.
     """
     if curves.is_empty():
         raise ValueError("curves is empty: no selected grid points in the metrics table")
-    varying = [name for name in ("site", "method", "drop_first") if curves[name].n_unique() > 1]
-    fig, (ax_r2, ax_spec) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    ax_z = ax_r2.twinx() if show_z else None
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    keys = ["model", *varying]
-    for index, (_, part) in enumerate(curves.sort([*keys, "depth"]).group_by(keys, maintain_order=True)):
-        part = part.sort("depth")
-        name = _series_name(part.row(0, named=True), varying)
-        color = colors[index % len(colors)]
-        ax_r2.plot(part["depth"], part["r2"], marker="o", ms=3, color=color, label=name)
-        if ax_z is not None:
-            ax_z.plot(part["depth"], part["z"], ls="--", lw=1, color=color, alpha=0.7, label=f"{name} Z")
-        ax_spec.plot(part["depth"], part["spec_mean"], marker="o", ms=3, color=color, label=name)
-    ax_r2.set(xlabel="depth (layer / n_layers)", ylabel="block-mean R²", title="Bicluster fit per layer")
-    if ax_z is not None:
-        ax_z.set_ylabel("permutation Z (dashed)")
-    ax_spec.set(xlabel="depth (layer / n_layers)", ylabel="mean specialization", title="Specialization per layer")
-    ax_r2.legend(fontsize=8, loc="upper left")
-    for axis in (ax_r2, ax_spec):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    ax_obs, ax_parts, ax_spec, ax_mi = axes.ravel()
+    for name, twin, color, part in _series(curves):
+        style = {"color": color, "ls": "--" if twin else "-", "marker": "x" if twin else "o", "ms": 4}
+        depth = part["depth"].to_numpy()
+        ax_obs.plot(depth, part["observed"], label=f"{name} observed", **style)
+        ax_obs.fill_between(
+            depth, part["null_mean"].to_numpy(), part["null_q95"].to_numpy(), color=color, alpha=0.15 if twin else 0.3,
+            label=f"{name} null mean..q95",
+        )
+        for column, line, label in PARTS:
+            ax_parts.plot(depth, part[column], color=color, ls=line, marker="x" if twin else "o", ms=3,
+                          alpha=0.55 if twin else 1.0, label=f"{name} {label}")
+        ax_spec.plot(depth, part["spec_mean"], label=f"{name} spec_mean", **style)
+        ax_spec.plot(depth, part["spec_mean_noise"], color=color, ls=":", lw=1, label=f"{name} Gaussian noise")
+        ax_mi.plot(depth, part["spec_mi"], label=name, **style)
+    first = curves.row(0, named=True)
+    null_text = f"null: {first['null']}, {first['n_null']} refits" if "null" in curves.columns else "null"
+    statistic = first.get("statistic") or "statistic"
+    ax_obs.set(ylabel=f"{statistic} (selected point)", title=f"Observed {statistic} vs its null band ({null_text})")
+    ax_parts.set(ylabel="share of variance (R² part)", title="Block-mean R² = rows + cols + interaction")
+    ax_spec.set(ylabel="mean specialization 1 - H/log T",
+                title="Specialization vs the same measure on Gaussian noise (dotted)")
+    ax_mi.set(ylabel="spec_mi (MI minus shuffle expectation)", title="Neuron-cluster information (0 = shuffled labels)")
+    ax_mi.axhline(0.0, color="black", lw=0.8)
+    for axis in (ax_obs, ax_parts, ax_spec, ax_mi):
         axis.set_xlim(-0.02, 1.02)
+        axis.set_xlabel("depth (layer / n_layers); dashed: untrained twin")
         axis.grid(alpha=0.3)
+        axis.legend(fontsize=6, loc="best")
+    for axis in (ax_obs, ax_parts, ax_spec):
+        axis.set_ylim(bottom=0.0)  # start from the baseline: no autoscaled magnification of noise
+    return fig
+
+
+def topicality_figure(topicality: pl.DataFrame) -> Figure:
+    """AMI of each layer's token clusters with the document, beside what token identity alone predicts.
+
+    Parameters
+    ----------
+    topicality : DataFrame
+        Rows of :func:`tnb.topicality.lake_topicality`, with ``depth`` added.
+    """
+    if topicality.is_empty():
+        raise ValueError("topicality is empty: no selected grid points")
+    fig, (ax_doc, ax_beyond) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
+    for name, twin, color, part in _series(topicality):
+        style = {"color": color, "ls": "--" if twin else "-", "marker": "x" if twin else "o", "ms": 4}
+        ax_doc.plot(part["depth"], part["ami_doc"], label=f"{name} clusters", **style)
+        ax_doc.plot(part["depth"], part["ami_doc_from_token"], color=color, ls=":", lw=1.2,
+                    label=f"{name} predicted from token id")
+        ax_beyond.plot(part["depth"], part["ami_doc_beyond_token"], label=name, **style)
+    ax_doc.set(ylabel="AMI with the document", title="Document information: clusters vs token identity alone (dotted)")
+    ax_beyond.set(ylabel="AMI(clusters, doc) - AMI(from token id, doc)",
+                  title="Document information beyond token identity (0 = none)")
+    ax_beyond.axhline(0.0, color="black", lw=0.8)
+    for axis in (ax_doc, ax_beyond):
+        axis.set_xlim(-0.02, 1.02)
+        axis.set_xlabel("depth (layer / n_layers); dashed: untrained twin")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    ax_doc.set_ylim(bottom=min(0.0, float(topicality["ami_doc"].min())))
     return fig
 
 
@@ -215,7 +285,9 @@ def _cluster_centres(bin_clusters: np.ndarray) -> list[tuple[float, int]]:
 
 
 def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
-    """Heatmaps of R^2 and Z over the (row_k, col_k) grid of one layer; the selected point boxed.
+    """Heatmaps over the (row_k, col_k) grid of one layer: excess over the null, and Z; the selected point boxed.
+
+    A ``*`` marks points significant after the grid correction (``p_layer < 0.05``).
 
     Parameters
     ----------
@@ -226,15 +298,20 @@ def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
         raise ValueError("grid is empty: no metrics for this layer")
     row_ks = sorted(grid["row_k"].unique().to_list())
     col_ks = sorted(grid["col_k"].unique().to_list())
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, column, label in zip(axes, ("r2", "z"), ("R²", "Z"), strict=True):
+    first = grid.row(0, named=True)
+    null_text = f"{first['null']} null, {first['n_null']} refits"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    panels = (("excess", f"{first['statistic']} - null mean"), ("z", f"Z vs {null_text}"))
+    for ax, (column, label) in zip(axes, panels, strict=True):
         values = np.full((len(row_ks), len(col_ks)), np.nan)
+        stars = np.zeros(values.shape, dtype=bool)
         for row in grid.iter_rows(named=True):
-            values[row_ks.index(row["row_k"]), col_ks.index(row["col_k"])] = row[column]
+            at = row_ks.index(row["row_k"]), col_ks.index(row["col_k"])
+            values[at], stars[at] = row[column], bool(row["significant"])
         shown = ax.imshow(values, origin="lower", cmap="viridis", aspect="auto")
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8, color="white")
+                ax.text(j, i, f"{value:.3g}{'*' if stars[i, j] else ''}", ha="center", va="center", fontsize=8, color="white")
         for row in grid.filter(pl.col("selected")).iter_rows(named=True):
             i, j = row_ks.index(row["row_k"]), col_ks.index(row["col_k"])
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
@@ -242,20 +319,36 @@ def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
         ax.set_yticks(range(len(row_ks)), [str(k) for k in row_ks])
         ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=f"{label} {title}".strip())
         fig.colorbar(shown, ax=ax, label=label)
+    fig.suptitle(
+        "* p_layer < 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
+        "range, so read the numbers",
+        fontsize=8,
+    )
     return fig
 
 
-def null_figure(null_sample: np.ndarray, observed: float, statistic: str = "R²", title: str = "") -> Figure:
-    """Histogram of a permutation null with the observed statistic marked (and its Z)."""
-    null_sample = np.asarray(null_sample, dtype=np.float64)
-    if null_sample.size < 2:
-        raise ValueError(f"null_sample should hold at least 2 values. Got {null_sample.size} instead.")
-    sd = null_sample.std(ddof=1)
-    z = (observed - null_sample.mean()) / sd if sd > 0 else float("inf")
+def null_figure(
+    null_draws: np.ndarray,
+    observed: float,
+    statistic: str = "r2_interaction",
+    title: str = "",
+    null_name: str = "null",
+    p_layer: float | None = None,
+) -> Figure:
+    """Histogram of the pipeline's null draws with the observed statistic, the null's 95th percentile, Z and p."""
+    null_draws = np.asarray(null_draws, dtype=np.float64)
+    if null_draws.size < 2:
+        raise ValueError(f"null_draws should hold at least 2 values. Got {null_draws.size} instead.")
+    sd = null_draws.std(ddof=1)
+    z = (observed - null_draws.mean()) / sd if sd > 0 else float("inf")
+    p = (1 + int((null_draws >= observed).sum())) / (1 + null_draws.size)
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
-    ax.hist(null_sample, bins=min(50, max(10, null_sample.size // 10)), color="0.6", label=f"null ({null_sample.size} permutations)")
-    ax.axvline(observed, color="red", lw=2, label=f"observed {observed:.4g} (Z = {z:.1f})")
-    ax.set(xlabel=statistic, ylabel="permutations", title=title or f"Permutation null of {statistic}")
+    ax.hist(null_draws, bins=min(50, max(10, null_draws.size // 4)), color="0.6",
+            label=f"{null_name} ({null_draws.size} draws)")
+    ax.axvline(float(np.quantile(null_draws, 0.95)), color="0.3", ls="--", lw=1, label="null 95th percentile")
+    corrected = f", p_layer = {p_layer:.3g}" if p_layer is not None else ""
+    ax.axvline(observed, color="red", lw=2, label=f"observed {observed:.4g} (Z = {z:.1f}, p = {p:.3g}{corrected})")
+    ax.set(xlabel=statistic, ylabel="null draws", title=title or f"{statistic} against the {null_name} null")
     ax.legend(fontsize=8)
     return fig
 
@@ -264,7 +357,9 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
     """A flow of token clusters across layers: one panel per model, one colour per family.
 
     Each layer is a column of boxes (clusters, height by size, grouped by family); links to the
-    next layer are drawn with width by Jaccard. Labels on the right name each family.
+    next layer that count (beat independent labellings and the untrained twin) are drawn with
+    width by Jaccard, candidate links that do not count dotted. Labels on the right name each
+    family of two or more clusters; clusters in no family are grey.
     """
     clusters = families.clusters
     if clusters.is_empty():
@@ -272,6 +367,8 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
     models = sorted(clusters["model"].unique().to_list())
     order = {name: index for index, name in enumerate(families.families["family"].to_list())}
     cmap = plt.get_cmap("tab20")
+    # clusters in no counted link (families of one cluster) are drawn grey, not as families of their own
+    linked = set(families.families.filter(pl.col("n_clusters") > 1)["family"].to_list())
     fig, axes = plt.subplots(len(models), 1, figsize=(11, 3.2 * len(models)), constrained_layout=True, squeeze=False)
     for ax, model in zip(axes[:, 0], models, strict=True):
         part = clusters.filter(pl.col("model") == model)
@@ -285,16 +382,22 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
             for row in column.iter_rows(named=True):
                 height = row["size"] / total * 0.95
                 ax.add_patch(
-                    Rectangle((layer - 0.15, bottom), 0.3, height, color=cmap(order[row["family"]] % 20), ec="white", lw=0.5)
+                    Rectangle((layer - 0.15, bottom), 0.3, height, ec="white", lw=0.5,
+                              color=cmap(order[row["family"]] % 20) if row["family"] in linked else "0.85")
                 )
                 boxes[(layer, row["token_cluster"])] = (bottom + height / 2, height)
                 bottom += height + 0.05 / max(1, column.height)
         links = families.edges.filter((pl.col("kind") == "layer") & (pl.col("model") == model))
         for row in links.iter_rows(named=True):
             start, end = boxes[(row["layer"], row["token_cluster"])], boxes[(row["to_layer"], row["to_token_cluster"])]
-            ax.plot([row["layer"] + 0.15, row["to_layer"] - 0.15], [start[0], end[0]], color="0.4", alpha=0.6, lw=0.5 + 4 * row["jaccard"])
+            counted = row.get("counted", True)
+            ax.plot(
+                [row["layer"] + 0.15, row["to_layer"] - 0.15], [start[0], end[0]], color="0.4" if counted else "0.7",
+                ls="-" if counted else ":", alpha=0.6, lw=0.5 + 4 * row["jaccard"] if counted else 0.8,
+            )
         last = part["layer"].max()
-        for row in families.families.filter(pl.col("model") == model).iter_rows(named=True):
+        named = families.families.filter((pl.col("model") == model) & (pl.col("n_clusters") > 1))
+        for row in named.iter_rows(named=True):
             ends = part.filter((pl.col("family") == row["family"]) & (pl.col("layer") == row["last_layer"]))
             y = float(np.mean([boxes[(row["last_layer"], c)][0] for c in ends["token_cluster"]]))
             label = str(row.get("label") or "")[:max_label]
@@ -302,7 +405,8 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
             ax.plot([last + 0.3], [y], marker="s", ms=6, color=cmap(order[row["family"]] % 20))
             ax.text(last + 0.45, y, f"{row['family']} {row['kind']}: {label}{flag}", fontsize=7, va="center")
         ax.set_xlim(part["layer"].min() - 0.5, last + 3.5)
+        ax.set_xticks(sorted(part["layer"].unique().to_list()))
         ax.set_ylim(-0.02, 1.1)
         ax.set_yticks([])
-        ax.set(xlabel="layer", title=f"{model}: token-cluster families across layers")
+        ax.set(xlabel="layer", title=f"{model}: token-cluster families across layers (dotted: links that do not beat the null)")
     return fig

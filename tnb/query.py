@@ -5,13 +5,17 @@ Every lake table is registered under its own name (``tokens``, ``models``, ``lab
 
 ``params``
     One row holding the query's parameters (``model``, ``site``, ``layer``, ``method``,
-    ``drop_first``, ``row_k``, ``col_k``, ``top_n``, ``min_count``, ``artifact_share``).
+    ``drop_first``, ``row_k``, ``col_k``, ``top_n``, ``min_count``, ``shrink``, ``artifact_share``).
     Queries read them with ``CROSS JOIN params AS p``; a NULL parameter means "all".
     Parameters are *values in a table*, never text pasted into SQL, so a model named
     ``x' OR '1'='1`` is just a string that matches no model.
 ``activation_cells``
     One layer's activations in long form (``pos, neuron, value``), for the partition named
     by ``params.model/site/layer``; registered only when a statement mentions it.
+``topicality``
+    Every layer's selected token clusters scored against the document and the token id
+    (:func:`tnb.topicality.lake_topicality`, every drop_first); computed only when a
+    statement mentions it.
 
 >>> run_query("lake", "top_tokens", params={"model": "minilm", "layer": 3})  # doctest: +SKIP
 """
@@ -46,7 +50,8 @@ PARAMS: dict[str, tuple[type, Any]] = {
     "row_k": (int, None),  # with col_k: this grid point instead of the selected one
     "col_k": (int, None),
     "top_n": (int, 10),  # rows per group in top_tokens / top_neurons
-    "min_count": (int, 2),  # a token must occur this often in a cluster to be ranked by lift
+    "min_count": (int, 5),  # a token must occur this often in a cluster to be ranked by lift
+    "shrink": (float, 5.0),  # pseudo-occurrences at lift 1 added to every token's count in top_tokens
     "artifact_share": (float, 0.9),  # a cluster with more than this share at one seq_pos is a position artifact
 }
 
@@ -196,6 +201,13 @@ def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[
         if missing:
             raise QueryError(f"this query reads activations; give --param for {', '.join(missing)}")
         frames["activation_cells"] = activation_cells(lake, row["model"], row["site"], row["layer"])
+    if re.search(r"\btopicality\b", sql, re.IGNORECASE):
+        from tnb.topicality import lake_topicality  # it reads the lake through this module
+
+        row = bound.row(0, named=True)
+        frames["topicality"] = lake_topicality(
+            lake, site=row["site"], method=row["method"], drop_first=row["drop_first"], model=None
+        ).lazy()
     return pl.SQLContext(frames=frames)
 
 

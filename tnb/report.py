@@ -4,6 +4,11 @@
 with the figures beside them in ``out_dir/figures/`` (PNG shown, SVG linked). The HTML has
 no external resources: inline CSS, local images, and a few lines of script that record
 whether each figure loaded (``#image-check``), which the browser test reads.
+
+The report leads with a verdict per layer (significant against the pipeline's own null?
+stable across seeds? beyond the untrained twin?), and every figure and table says what it
+is compared against. The nulls drawn are the pipeline's own draws on the matrix it
+clustered (the metrics table's ``null_draws``); the report recomputes no statistic.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from tnb.errors import TnbError
-from tnb.families import Families, lake_families
+from tnb.families import Families, family_counts, lake_families
 from tnb.figures import (
     bicluster_map_figure,
     emergence_figure,
@@ -26,6 +31,7 @@ from tnb.figures import (
     grid_figure,
     null_figure,
     save_figure,
+    topicality_figure,
 )
 from tnb.lake import Lake, partition_key
 from tnb.query import run_query, tables
@@ -48,56 +54,10 @@ class Report:
     top_tokens: pl.DataFrame
     families: pl.DataFrame
     artifacts: pl.DataFrame
+    verdicts: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row per layer of every trained model
+    topicality: pl.DataFrame = field(default_factory=pl.DataFrame)
+    family_counts: pl.DataFrame = field(default_factory=pl.DataFrame)
     sections: dict[str, str] = field(default_factory=dict)  # Markdown text by section title
-
-
-# ----------------------------------------------------------------------------- statistics
-def block_r2(matrix: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray) -> float:
-    """R^2 of the block-mean model: each cell predicted by its bicluster's mean.
-
-    Parameters
-    ----------
-    matrix : ndarray of shape (n_tokens, n_neurons)
-    row_labels : ndarray of shape (n_tokens,)
-    col_labels : ndarray of shape (n_neurons,)
-    """
-    return float(label_shuffle_null(matrix, row_labels, col_labels, n_permutations=0)[1])
-
-
-def label_shuffle_null(
-    matrix: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray, n_permutations: int = 200, seed: int = 0
-) -> tuple[np.ndarray, float]:
-    """Block-mean R^2 under shuffled token labels, and the observed R^2.
-
-    Columns are summed per neuron cluster once; each permutation then only regroups rows,
-    so a thousand permutations of a 20,000 x 384 layer take well under a second.
-
-    Returns
-    -------
-    null : ndarray of shape (n_permutations,)
-    observed : float
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    _, rows = np.unique(row_labels, return_inverse=True)
-    col_ids, cols = np.unique(col_labels, return_inverse=True)
-    col_sums = np.zeros((matrix.shape[0], col_ids.size))
-    np.add.at(col_sums.T, cols, matrix.T)  # (n_tokens, n_col_clusters)
-    col_sizes = np.bincount(cols).astype(np.float64)
-    total = matrix.sum()
-    grand = total / matrix.size
-    ss_total = float(((matrix - grand) ** 2).sum())
-    n_row = rows.max() + 1
-
-    def r2(labels: np.ndarray) -> float:
-        sums = np.zeros((n_row, col_ids.size))
-        np.add.at(sums, labels, col_sums)
-        cells = np.outer(np.bincount(labels, minlength=n_row), col_sizes)
-        explained = np.where(cells > 0, sums**2 / np.where(cells > 0, cells, 1.0), 0.0).sum() - total**2 / matrix.size
-        return explained / ss_total if ss_total > 0 else 0.0
-
-    rng = np.random.default_rng(seed)
-    null = np.array([r2(rng.permutation(rows)) for _ in range(n_permutations)])
-    return null, r2(rows)
 
 
 # ----------------------------------------------------------------------------- lake reads
@@ -224,6 +184,8 @@ class _Document:
         if level == 2:
             self._section = text
             self.sections[text] = ""
+        elif self._section is not None:
+            self.sections[self._section] += f"{'#' * level} {text}\n\n"
 
     def _md(self, text: str) -> None:
         self.md += [text, ""]
@@ -297,6 +259,32 @@ window.addEventListener("load", function () {{
 
 
 # ----------------------------------------------------------------------------- the report
+def null_sentence(row: Mapping) -> str:
+    """One plain sentence: what Z and p mean for this metrics row, and under which null."""
+    return (
+        f"Z is the distance of the observed {row['statistic']} from the mean of the {row['null']} null in null "
+        f"standard deviations ({row['n_null']} draws: the whole grid refitted on matrices that keep each token's "
+        f"and each neuron's scale but lose their association); p is the share of null draws that reach the "
+        f"observed value, and p_layer corrects p for choosing the best of the grid's points."
+    )
+
+
+def verdict_text(row: Mapping) -> str:
+    """A layer's verdict in words, from a row of ``sql/verdicts.sql``."""
+    if row["p_layer"] is None:
+        return "no null computed: not tested"
+    if not row["significant"]:
+        return f"not significant (p_layer {row['p_layer']:.3g})"
+    parts = [f"significant (p_layer {row['p_layer']:.3g})"]
+    stability = "unknown" if row["stability"] is None else f"{row['stability']:.2f}"
+    parts.append("stable" if row["stable"] else f"not stable (stability {stability})")
+    if row["beyond_twin"] is None:
+        parts.append("no twin to compare")
+    else:
+        parts.append("beyond the untrained twin" if row["beyond_twin"] else "not beyond the untrained twin")
+    return ", ".join(parts)
+
+
 def write_report(
     lake_root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -307,9 +295,6 @@ def write_report(
     top_n: int = 8,
     n_snippets: int = 3,
     map_layers: Mapping[str, int] | None = None,
-    null_samples: Mapping[LayerKey, np.ndarray] | None = None,
-    n_permutations: int = 200,
-    seed: int = 0,
     min_jaccard: float = 0.3,
 ) -> Report:
     """Write ``index.html`` and ``report.md`` (figures in ``figures/``) for a lake.
@@ -322,15 +307,13 @@ def write_report(
     site, method : str, optional
         Only this site / method (default: all in the lake).
     drop_first : int
-        The drop_first partition the clusters, maps and families describe. The emergence
-        curves and a comparison table show every drop_first in the lake.
+        The drop_first partition the verdicts, clusters, maps and families describe. The
+        emergence curves and a comparison table show every drop_first in the lake.
     top_n, n_snippets : int
         Top tokens per cluster, and keyword-in-context snippets per cluster.
     map_layers : mapping of model to layer, optional
-        Layer of each model drawn as a bicluster map, grid and null (default: highest Z).
-    null_samples : mapping of (model, site, layer) to ndarray, optional
-        The pipeline's permutation null for a map layer; without it the report recomputes a
-        label-shuffle null of block-mean R^2 (``n_permutations``, ``seed``) for the figure.
+        Layer of each model drawn as a bicluster map, grid and null (default: its finding
+        with the largest excess; without a significant layer, no map is drawn).
     """
     lake = Lake(lake_root)
     out = Path(out_dir).expanduser()
@@ -345,23 +328,51 @@ def write_report(
         raise ReportError(
             f"no metrics with drop_first={drop_first} in {lake.root}; it has {sorted(set(curves_all['drop_first']))}"
         )
+    trained = curves.filter(~pl.col("is_twin"))
+    verdicts = run_query(lake, "verdicts", {**base, "drop_first": drop_first})
+    verdicts = verdicts.with_columns(verdict=pl.Series([verdict_text(row) for row in verdicts.iter_rows(named=True)], dtype=pl.String))
     doc = _Document("tnb report: token-neuron biclusters")
     figures: list[Path] = []
+    twins = sorted(set(curves.filter(pl.col("is_twin"))["model"]))
     doc.paragraph(
-        f"Lake: {lake.root}. Models: {', '.join(sorted(set(curves['model'])))}. "
-        f"Clusters below are the selected grid point of each layer, drop_first={drop_first}."
+        f"Lake: {lake.root}. Models: {', '.join(sorted(set(trained['model'])))}"
+        + (f"; untrained twins (random weights, same architecture and tokens): {', '.join(twins)}" if twins else "")
+        + f". Clusters below are the selected grid point of each layer, drop_first={drop_first}."
     )
+
+    found_families = lake_families(lake, site, method, drop_first, min_jaccard)
+    counts_all = [family_counts(found) for found in found_families.values()]
+    doc.heading("Verdicts")
+    _verdict_section(doc, verdicts, curves, pl.concat(counts_all) if counts_all else pl.DataFrame())
 
     doc.heading("Emergence curves")
     paths = save_figure(emergence_figure(curves_all), figures_dir / "emergence")
     figures += paths
-    doc.figure(paths, out, "Block-mean R² and Z (dashed) per layer, and mean specialization, by relative depth")
+    doc.figure(
+        paths, out,
+        "Per layer, each score beside what it is compared against: the observed interaction R² with its null band "
+        "(null mean to 95th percentile of the refits), the three parts of block-mean R² (token-cluster rows, "
+        "neuron-cluster columns, interaction), mean specialization with the same measure on Gaussian noise (dotted), "
+        "and spec_mi, which is 0 for shuffled labels. Untrained twins are dashed in their model's colour. "
+        "R² and specialization axes start at 0.",
+    )
 
     doc.heading("Metrics")
     metrics = curves.select(
-        "model", "site", "method", "layer", "depth", "row_k", "col_k", "r2", "adjusted_r2", "z", "p", "spec_mean"
+        "model", "site", "method", "layer", "depth", "row_k", "col_k", "r2", "r2_rows", "r2_cols", "r2_interaction",
+        "observed", "null_mean", "null_q95", "z", "p", "p_layer", "stability", "significant", "stable", "finding",
+        "spec_mean", "spec_mean_noise", "spec_mi",
     )
-    doc.table(metrics, "Selected grid point of every layer")
+    first = curves.row(0, named=True)
+    doc.paragraph(null_sentence(first))
+    doc.table(
+        metrics,
+        f"Selected grid point of every layer (selection: largest excess over the null). observed = "
+        f"{first['statistic']}; null_mean and null_q95 are the {first['null']} null's mean and 95th percentile; "
+        f"spec_mean_noise is spec_mean on Gaussian noise of the same shape.",
+    )
+
+    topicality = _topicality_section(doc, lake, out, figures_dir, figures, curves, site, method, drop_first)
 
     spread_all = run_query(lake, "cluster_spread", {**base, "drop_first": None})
     artifacts = spread_all.filter(pl.col("position_artifact")).select(
@@ -391,29 +402,49 @@ def write_report(
     snippets = keyword_in_context(lake, top_tokens, n_snippets)
 
     doc.heading("Bicluster maps, grids and nulls")
-    for (model, model_site, model_method), part in curves.group_by("model", "site", "method", maintain_order=True):
-        chosen = part.sort("z", "layer", descending=[True, False]).row(0, named=True)
-        layer = (map_layers or {}).get(str(model), chosen["layer"])
-        row = part.filter(pl.col("layer") == layer)
-        if row.is_empty():
-            raise ReportError(f"map_layers asks for {model} layer {layer}, which has no selected grid point")
-        figures += _layer_figures(
-            doc, lake, out, figures_dir, row.row(0, named=True), spread, null_samples, n_permutations, seed
-        )
+    doc.paragraph(
+        "For each model, the layer drawn is its finding (significant and stable) with the largest excess over the "
+        "null; a model without a significant layer gets no map, only the grid and null of its layer closest to "
+        "significance, for reference."
+    )
+    for (model, _, _), part in trained.group_by("model", "site", "method", maintain_order=True):
+        row, status = _map_layer(part, (map_layers or {}).get(str(model)))
+        figures += _layer_figures(doc, lake, out, figures_dir, row, status, spread)
 
     doc.heading("Token clusters per layer")
-    _cluster_sections(doc, curves, top_tokens, spread, snippets)
+    doc.paragraph(
+        "Top tokens are ranked by shrunk lift, (count + 5) / (expected + 5), among tokens seen at least 5 times in "
+        "the cluster: a word seen a handful of times, all in one cluster, no longer heads the list on a tied lift."
+    )
+    _cluster_sections(doc, trained, top_tokens, spread, snippets)
 
     doc.heading("Circuit families")
-    family_tables = []
-    for (group_site, group_method, group_drop), found in lake_families(lake, site, method, drop_first, min_jaccard).items():
+    doc.paragraph(
+        f"Clusters of consecutive layers are linked when their positions overlap (Jaccard >= {min_jaccard}) and the "
+        "link beats two nulls: independent labellings of the same sizes (hypergeometric z >= 4), and, where the lake "
+        "has the untrained twin, the twin's strongest link between the same two layers. Families are the chains of "
+        "counted links; each carries the least seed-to-seed stability of its layers."
+    )
+    family_tables, count_tables = [], []
+    for (group_site, group_method, group_drop), found in found_families.items():
+        counts = family_counts(found)
+        count_tables.append(counts.with_columns(site=pl.lit(group_site), method=pl.lit(group_method)))
+        doc.table(counts, f"Families per model and its twin ({group_site}, {group_method}): families of 2+ clusters, "
+                  "persistent, spanning every layer; candidate links, counted links, links no stronger than the twin's")
         table = _family_table(found)
         family_tables.append(table.with_columns(site=pl.lit(group_site), method=pl.lit(group_method)))
         name = f"families_{group_site}_{group_method}_{group_drop}"
         paths = save_figure(family_flow_figure(found), figures_dir / name)
         figures += paths
-        doc.figure(paths, out, f"Token-cluster families across layers ({group_site}, {group_method}, drop_first={group_drop})")
-        doc.table(table, "Families: clusters linked across layers by Jaccard of their positions; lineage joins models")
+        doc.figure(
+            paths, out,
+            f"Token-cluster families across layers ({group_site}, {group_method}, drop_first={group_drop}); "
+            "links that do not beat the nulls dotted",
+        )
+        doc.table(
+            table.filter(pl.col("n_clusters") > 1),
+            "Families of two or more clusters: counted links, stability (least over their layers), lineage joins models",
+        )
     families = pl.concat(family_tables, how="diagonal") if family_tables else pl.DataFrame()
 
     html_path, md_path = out / "index.html", out / "report.md"
@@ -427,45 +458,168 @@ def write_report(
         top_tokens=top_tokens,
         families=families,
         artifacts=artifacts,
+        verdicts=verdicts,
+        topicality=topicality,
+        family_counts=pl.concat(count_tables, how="diagonal") if count_tables else pl.DataFrame(),
         sections=dict(doc.sections),
     )
+
+
+def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFrame, counts: pl.DataFrame) -> None:
+    first = curves.row(0, named=True)
+    if verdicts.is_empty() or not verdicts["significant"].any():
+        doc.paragraph(
+            f"No significant structure was found: no layer of any model beats the {first['null']} null "
+            f"({first['n_null']} draws) after correcting for the choice among grid points (p_layer < 0.05). "
+            "The grid points below are what the selection rule picked, shown as measured, not as findings."
+        )
+    else:
+        for (model,), part in verdicts.group_by("model", maintain_order=True):
+            found = part.filter(pl.col("finding"))["layer"].to_list()
+            beyond = part.filter(pl.col("finding") & pl.col("beyond_twin").fill_null(False))["layer"].to_list()
+            twin = part["twin"].drop_nulls()
+            twin_text = (
+                f"; beyond its untrained twin at {_layers(beyond)}" if twin.len() else "; no untrained twin in the lake"
+            )
+            doc.paragraph(f"{model}: findings (significant and stable) at {_layers(found)}{twin_text}.")
+    doc.paragraph(
+        "Significant: the layer's selected grid point beats the null after the grid correction (p_layer < 0.05). "
+        "Stable: its token clusters agree across seeds (mean pairwise adjusted Rand index at or above the pipeline's "
+        "threshold). Beyond the twin: its excess over its own null is larger than the untrained twin's at the same "
+        "layer. " + null_sentence(first)
+    )
+    if not counts.is_empty():
+        totals = counts.group_by("model").agg(pl.col("n_families").sum())
+        by_model = dict(totals.iter_rows())
+        lines = [
+            f"{model} {by_model[model]}" + (f" (its untrained twin {by_model[twin]})" if twin in by_model else "")
+            for model in sorted(by_model) if not model.endswith("-untrained")
+            for twin in [f"{model}-untrained"]
+        ]
+        doc.paragraph(
+            "Families of two or more clusters whose cross-layer links beat independent labellings and the twin's "
+            f"strongest link: {'; '.join(lines)}."
+        )
+    shown = verdicts.select(
+        "model", "layer", "row_k", "col_k", "observed", "null_q95", "p_layer", "stability", "twin_excess", "excess",
+        "verdict",
+    )
+    doc.table(shown, "Verdict per layer (selected grid point; excess = observed - null mean)")
+
+
+def _layers(layers: list[int]) -> str:
+    return "no layer" if not layers else ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
+
+
+def _topicality_section(
+    doc: _Document, lake: Lake, out: Path, figures_dir: Path, figures: list[Path], curves: pl.DataFrame,
+    site: str | None, method: str | None, drop_first: int,
+) -> pl.DataFrame:
+    doc.heading("Topicality beyond token identity")
+    table = run_query(lake, "topicality", {"site": site, "method": method, "drop_first": drop_first})
+    if table.is_empty():
+        doc.paragraph("No token labels to score.")
+        return table
+    doc.paragraph(
+        "How much each layer's token clusters say about the document (AMI, 0 for unrelated labels), beside how much "
+        "of that token identity alone explains: each position's cluster predicted as its token id's most common "
+        "cluster. ami_doc_beyond_token = ami_doc - ami_doc_from_token is the document information the clusters "
+        "carry beyond the words themselves."
+    )
+    paths = save_figure(topicality_figure(table), figures_dir / "topicality")
+    figures += paths
+    doc.figure(paths, out, "Document AMI of the clusters (solid) and of token identity alone (dotted), and their difference; "
+               "untrained twins dashed")
+    doc.table(
+        table.select("model", "layer", "is_twin", "ami_doc", "ami_token", "ami_doc_from_token", "ami_doc_beyond_token",
+                     "n_positions", "n_docs"),
+        "Topicality per layer, trained models and their untrained twins",
+    )
+    return table
+
+
+def _map_layer(part: pl.DataFrame, asked: int | None) -> tuple[dict, str]:
+    """The row of the layer to draw for one model, and its status in words."""
+    if asked is not None:
+        row = part.filter(pl.col("layer") == asked)
+        if row.is_empty():
+            raise ReportError(f"map_layers asks for {part['model'][0]} layer {asked}, which has no selected grid point")
+        chosen = row.row(0, named=True)
+    else:
+        ranked = part.sort(
+            pl.col("finding"), pl.col("significant"), pl.col("excess"), pl.col("layer"),
+            descending=[True, True, True, False],
+        )
+        chosen = ranked.row(0, named=True)
+        if not chosen["significant"]:
+            chosen = part.sort("p_layer", "excess", descending=[False, True]).row(0, named=True)
+    if chosen["finding"]:
+        status = "finding: significant and stable"
+    elif chosen["significant"]:
+        status = "significant but not stable across seeds"
+    else:
+        status = "not significant: shown for reference, not a finding"
+    return chosen, status
 
 
 def _drop_first_comparison(curves_all: pl.DataFrame, artifacts: pl.DataFrame) -> pl.DataFrame:
     keys = ["model", "site", "method", "layer"]
     flagged = artifacts.group_by(*keys, "drop_first").agg(pl.len().alias("artifact_clusters"))
     scores = (
-        curves_all.select(*keys, "drop_first", "r2", "z", "spec_mean")
+        curves_all.select(*keys, "drop_first", "r2_interaction", "excess", "p_layer")
         .join(flagged, on=[*keys, "drop_first"], how="left")
         .with_columns(pl.col("artifact_clusters").fill_null(0))
     )
-    wide = scores.pivot(on="drop_first", index=keys, values=["r2", "z", "artifact_clusters"])
+    wide = scores.pivot(on="drop_first", index=keys, values=["r2_interaction", "excess", "p_layer", "artifact_clusters"])
     return wide.sort(keys)
 
 
 def _layer_figures(
-    doc: _Document,
-    lake: Lake,
-    out: Path,
-    figures_dir: Path,
-    row: dict,
-    spread: pl.DataFrame,
-    null_samples: Mapping[LayerKey, np.ndarray] | None,
-    n_permutations: int,
-    seed: int,
+    doc: _Document, lake: Lake, out: Path, figures_dir: Path, row: dict, status: str, spread: pl.DataFrame
 ) -> list[Path]:
     model, site, layer, method, drop = row["model"], row["site"], row["layer"], row["method"], row["drop_first"]
     name = f"{model}_{site}_{layer}"
     title = f"{model} {site} layer {layer} ({row['row_k']}x{row['col_k']})"
-    doc.heading(title, 3)
+    doc.heading(f"{title}: {status}", 3)
     paths: list[Path] = []
-    grid = run_query(lake, "grid_surface", {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop})
+    keys = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop}
+    grid = run_query(lake, "grid_surface", keys)
     fig_paths = save_figure(grid_figure(grid, title), figures_dir / f"grid_{name}")
-    doc.figure(fig_paths, out, f"R² and Z over the grid, {title}; the selected point boxed")
+    doc.figure(
+        fig_paths, out,
+        f"Excess over the null and Z over the grid, {title}; the selected point boxed, * where p_layer < 0.05. "
+        + null_sentence(row),
+    )
     paths += fig_paths
+    draws = (
+        tables(lake)["metrics"]
+        .filter(pl.all_horizontal(pl.col(key) == value for key, value in keys.items()))
+        .filter(pl.col("selected"))
+        .select("null_draws")
+        .collect()
+    )
+    stored = draws["null_draws"][0] if draws.height else None
+    null_draws = np.asarray([] if stored is None else stored.to_list(), dtype=np.float64)
+    if null_draws.size < 2:
+        doc.paragraph(f"No null draws stored for {title} ({null_draws.size}): its null figure is skipped.")
+    else:
+        fig = null_figure(
+            null_draws, float(row["observed"]), str(row["statistic"]), f"{title}: {row['statistic']} against its null",
+            str(row["null"]), None if row["p_layer"] is None else float(row["p_layer"]),
+        )
+        fig_paths = save_figure(fig, figures_dir / f"null_{name}")
+        doc.figure(
+            fig_paths, out,
+            f"The pipeline's own {row['n_null']} {row['null']} null draws on the matrix it clustered, {title}, with "
+            f"the observed {row['statistic']} and the null's 95th percentile. " + null_sentence(row),
+        )
+        paths += fig_paths
+    if not row["significant"]:
+        doc.paragraph(f"No bicluster map for {model}: none of its layers is significant.")
+        return paths
     key = partition_key("activations", model=model, site=site, layer=layer)
     if lake.manifest(key) is None:
-        doc.paragraph(f"No activations for {key} in the lake: bicluster map and null skipped.")
+        doc.paragraph(f"No activations for {key} in the lake: bicluster map skipped.")
         return paths
     matrix, token_labels, neuron_labels = _layer_matrix(lake, model, site, layer, method, drop, row["row_k"], row["col_k"])
     flagged = spread.filter(
@@ -477,20 +631,11 @@ def _layer_figures(
         flagged_rows=frozenset(flagged["token_cluster"].to_list()),
     )
     fig_paths = save_figure(fig, figures_dir / f"map_{name}")
-    doc.figure(fig_paths, out, f"Bicluster map, {title}: rows and columns sorted by cluster, block-averaged")
-    paths += fig_paths
-    given = (null_samples or {}).get((model, site, layer))
-    if given is not None:
-        null, observed = np.asarray(given), float(row["r2"])
-        caption = f"Permutation null from the pipeline, {title}, observed R² marked"
-    else:
-        null, observed = label_shuffle_null(matrix, token_labels, neuron_labels, n_permutations, seed)
-        caption = (
-            f"Label-shuffle null of block-mean R², recomputed for this figure ({n_permutations} permutations, "
-            f"seed {seed}), {title}"
-        )
-    fig_paths = save_figure(null_figure(null, observed, "block-mean R²", title), figures_dir / f"null_{name}")
-    doc.figure(fig_paths, out, caption)
+    doc.figure(
+        fig_paths, out,
+        f"Bicluster map, {title}: raw activations z-scored per neuron, rows and columns sorted by cluster, "
+        "block-averaged; colour 0 is each neuron's mean",
+    )
     return paths + fig_paths
 
 
@@ -509,7 +654,8 @@ def _cluster_sections(
             number = cluster["token_cluster"]
             tops = layer_top.filter(pl.col("token_cluster") == number)
             top_text = ", ".join(
-                f"{_token_text(t)!r} ×{c} (lift {lift:.3g})" for t, c, lift in zip(tops["token"], tops["count"], tops["lift"], strict=True)
+                f"{_token_text(t)!r} ×{c} (shrunk lift {lift:.3g})"
+                for t, c, lift in zip(tops["token"], tops["count"], tops["lift_shrunk"], strict=True)
             )
             snips = (
                 layer_snips.filter(pl.col("token_cluster") == number) if not layer_snips.is_empty() else layer_snips
@@ -536,18 +682,18 @@ def _cluster_sections(
             md_rows.append(
                 f"| {number} | {spread_text} | {flag} | {top_text.replace('|', chr(92) + '|')} | {kwic_md.replace('|', chr(92) + '|')} |"
             )
-        header = "<tr><th>cluster</th><th>spread</th><th>flag</th><th>top tokens by lift</th><th>in context</th></tr>"
+        header = "<tr><th>cluster</th><th>spread</th><th>flag</th><th>top tokens by shrunk lift</th><th>in context</th></tr>"
         doc.raw(
             f"<details><summary>{html.escape(title)}</summary><table><thead>{header}</thead>"
             f"<tbody>{''.join(html_rows)}</tbody></table></details>",
-            f"**{title}**\n\n| cluster | spread | flag | top tokens by lift | in context |\n|---|---|---|---|---|\n"
+            f"**{title}**\n\n| cluster | spread | flag | top tokens by shrunk lift | in context |\n|---|---|---|---|---|\n"
             + "\n".join(md_rows),
         )
 
 
 def _family_table(found: Families) -> pl.DataFrame:
     columns = [
-        "family", "model", "kind", "first_layer", "last_layer", "n_clusters", "max_size", "n_splits", "n_merges",
-        "label", "position_artifact", "lineage", "matches",
+        "family", "model", "kind", "first_layer", "last_layer", "n_clusters", "n_links", "stability", "max_size",
+        "n_splits", "n_merges", "label", "position_artifact", "lineage", "matches",
     ]
     return found.families.select([name for name in columns if name in found.families.columns])

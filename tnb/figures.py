@@ -287,7 +287,7 @@ def _cluster_centres(bin_clusters: np.ndarray) -> list[tuple[float, int]]:
 def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
     """Heatmaps over the (row_k, col_k) grid of one layer: excess over the null, and Z; the selected point boxed.
 
-    A ``*`` marks points significant after the grid correction (``p_layer < 0.05``).
+    A ``*`` marks points significant after the grid correction (``p_layer <= 0.05``).
 
     Parameters
     ----------
@@ -320,7 +320,7 @@ def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
         ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=f"{label} {title}".strip())
         fig.colorbar(shown, ax=ax, label=label)
     fig.suptitle(
-        "* p_layer < 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
+        "* p_layer <= 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
         "range, so read the numbers",
         fontsize=8,
     )

@@ -470,7 +470,7 @@ def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFram
     if verdicts.is_empty() or not verdicts["significant"].any():
         doc.paragraph(
             f"No significant structure was found: no layer of any model beats the {first['null']} null "
-            f"({first['n_null']} draws) after correcting for the choice among grid points (p_layer < 0.05). "
+            f"({first['n_null']} draws) after correcting for the choice among grid points (p_layer <= 0.05). "
             "The grid points below are what the selection rule picked, shown as measured, not as findings."
         )
     else:
@@ -483,7 +483,7 @@ def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFram
             )
             doc.paragraph(f"{model}: findings (significant and stable) at {_layers(found)}{twin_text}.")
     doc.paragraph(
-        "Significant: the layer's selected grid point beats the null after the grid correction (p_layer < 0.05). "
+        "Significant: the layer's selected grid point beats the null after the grid correction (p_layer <= 0.05). "
         "Stable: its token clusters agree across seeds (mean pairwise adjusted Rand index at or above the pipeline's "
         "threshold). Beyond the twin: its excess over its own null is larger than the untrained twin's at the same "
         "layer. " + null_sentence(first)
@@ -587,7 +587,7 @@ def _layer_figures(
     fig_paths = save_figure(grid_figure(grid, title), figures_dir / f"grid_{name}")
     doc.figure(
         fig_paths, out,
-        f"Excess over the null and Z over the grid, {title}; the selected point boxed, * where p_layer < 0.05. "
+        f"Excess over the null and Z over the grid, {title}; the selected point boxed, * where p_layer <= 0.05. "
         + null_sentence(row),
     )
     paths += fig_paths

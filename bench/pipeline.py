@@ -1,21 +1,19 @@
 """Benchmark: the whole pipeline, orchestrated, on a GPT-2-small-shaped model.
 
 A GPT-2 with random weights (12 layers, 768 wide by default; the real GPT-2 tokenizer)
-over 20,000 tokens of the bundled Wikipedia sample, the study's grid {6,9,12}^2 and
-1,000 permutations, every residual layer (13 partitions). One run, side by side:
+over 20,000 tokens of the bundled Wikipedia sample, the study's grid {6,9,12}^2, tnb's
+default calibrated null (99 whole-grid refits per layer, run as Dask tasks of 25 draws)
+and 5 seeds for stability, every residual layer (13 partitions):
 
-1. the pipeline, serial bicluster stage (``pipeline_flow(serial=True)``): wall time per
-   stage, and the orchestration overhead = wall time / sum of the tasks' own run time
-   (from the Prefect API: tokenize, extract, 13 bicluster tasks, report);
-2. the bicluster stage again on a copy of the extracted inputs, on a local Dask cluster
-   (one worker per core): the speed-up over the serial stage;
-3. the study's approach for the same work, estimated: a scikit-learn fit per grid point
-   plus the pure-Python R^2 loop and 10-shuffle Z, timed on one real layer by
-   ``bench/bicluster.py``'s ``study_approach`` (one grid point x 9, the loop extrapolated
-   from a subset), times the number of layers, plus the same extraction.
+1. the pipeline on a local Dask cluster (one worker per core): wall time per stage, the
+   tasks' own run time (Prefect API), every null task's and final task's time, and the
+   projected wall time of the bicluster stage on 8, 32 and 128 workers from them;
+2. a check that a serial run and a Dask run give identical metrics (a few layers, small null);
+3. the study's approach for one fit per grid point (no null, no stability), estimated
+   from ``bench/bicluster.py``'s ``study_approach`` on one layer.
 
-Run:  python bench/pipeline.py                   (the full benchmark, ~15-30 min on 2 cores)
-      python bench/pipeline.py --tokens 2000 --n-layer 2 --permutations 100   (a quick look)
+Run:  python bench/pipeline.py                   (the full benchmark, ~15-20 min on 2 cores)
+      python bench/pipeline.py --tokens 2000 --n-layer 2 --n-null 9   (a quick look)
 """
 
 from __future__ import annotations
@@ -90,24 +88,51 @@ def _load() -> str:
     return "load average {:.1f}".format(os.getloadavg()[0])
 
 
-def _compare_runners(source: Path, work: Path, common: dict, workers: int | None) -> None:
-    """The bicluster stage alone, serial then on a local Dask cluster, on copies of ``source``'s inputs."""
-    from flows.bicluster import bicluster_flow
-    from flows.cli import prefect_api
+def project_wall(null_seconds: list[list[float]], final_seconds: list[float], workers: int) -> float:
+    """Projected wall time of the bicluster stage on ``workers`` workers from measured task times.
 
-    walls = {}
-    with prefect_api(quiet=True):
-        for name, options in (("serial", {"serial": True}), ("dask", {"n_workers": workers})):
-            lake = work / f"lake-{name}-only"
-            shutil.rmtree(lake, ignore_errors=True)
-            for table in ("tokens", "models", "activations"):
-                shutil.copytree(source / table, lake / table)
-            before = _load()
-            start = time.perf_counter()
-            bicluster_flow(lake=str(lake), **common, **options)
-            walls[name] = time.perf_counter() - start
-            print(f"bicluster stage, {name}: {walls[name]:.1f} s ({before} before, {_load()} after)")
-    print(f"Dask speed-up: {walls['serial'] / walls['dask']:.2f}x")
+    Greedy list scheduling in submission order (as Dask does for ready tasks): every null
+    chunk first, then each layer's final task once its own chunks are done.
+    """
+    import heapq
+
+    free = [0.0] * workers
+    heapq.heapify(free)
+    done_at = []
+    for chunks in null_seconds:
+        layer_done = 0.0
+        for seconds in chunks:
+            start = heapq.heappop(free)
+            heapq.heappush(free, start + seconds)
+            layer_done = max(layer_done, start + seconds)
+        done_at.append(layer_done)
+    end = 0.0
+    for ready, seconds in sorted(zip(done_at, final_seconds)):
+        start = max(heapq.heappop(free), ready)
+        heapq.heappush(free, start + seconds)
+        end = max(end, start + seconds)
+    return max(end, max(free))
+
+
+def _compare_runners(source: Path, work: Path, common: dict, workers: int | None, layers: list[int]) -> bool:
+    """The bicluster stage on a few layers, serial and on a local Dask cluster: are the metrics identical?"""
+    import polars as pl
+
+    from flows.bicluster import bicluster_flow
+    from tnb.lake import Lake
+
+    frames = []
+    for name, options in (("serial", {"serial": True}), ("dask", {"n_workers": workers})):
+        lake = work / f"lake-{name}-check"
+        shutil.rmtree(lake, ignore_errors=True)
+        for table in ("tokens", "models", "activations"):
+            shutil.copytree(source / table, lake / table)
+        bicluster_flow(lake=str(lake), layers=layers, **common, **options)
+        frames.append(Lake(lake).scan("metrics").drop("seconds").collect().sort(["layer", "row_k", "col_k"]))
+    identical = frames[0].equals(frames[1])
+    if not identical:
+        print(pl.concat(frames).unique(keep="none"))
+    return identical
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,13 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-layer", type=int, default=12)
     parser.add_argument("--n-embd", type=int, default=768)
     parser.add_argument("--ks", default="6,9,12")
-    parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument("--n-null", type=int, default=99)
+    parser.add_argument("--n-seeds", type=int, default=5)
+    parser.add_argument("--null-chunk", type=int, default=25)
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the lakes here (default: a temporary directory)")
     parser.add_argument("--skip-study", action="store_true", help="do not estimate the study's approach")
-    parser.add_argument("--dask-only-from", default=None, metavar="LAKE",
-                        help="only compare the bicluster stage, serial vs Dask, on the inputs of this lake")
+    parser.add_argument("--check-layers", type=int, default=2,
+                        help="layers biclustered serial and on Dask with a small null, to check identical metrics")
     args = parser.parse_args(argv)
     ks = tuple(int(k) for k in args.ks.split(","))
 
@@ -131,72 +158,67 @@ def main(argv: list[str] | None = None) -> None:
     from flows.cli import prefect_api
     from flows.pipeline import pipeline_flow
 
-    common = {"row_ks": ks, "col_ks": ks, "n_permutations": args.permutations, "seed": args.seed}
+    bicluster = {"row_ks": ks, "col_ks": ks, "n_null": args.n_null, "n_seeds": args.n_seeds, "seed": args.seed}
+    common = {"bicluster": bicluster, "null_chunk_size": args.null_chunk}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tnb-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.dask_only_from:
-        _compare_runners(Path(args.dask_only_from).absolute(), work, common, args.workers)
-        return
     model_dir = _tiny_gpt2(work / "gpt2-small-random", args.n_layer, args.n_embd)
-    serial_lake, dask_lake = work / "lake-serial", work / "lake-dask"
-    for path in (serial_lake, dask_lake, work / "report"):
+    lake = work / "lake"
+    for path in (lake, work / "report"):
         shutil.rmtree(path, ignore_errors=True)
     print(f"cores: {os.cpu_count()}; model: GPT-2 shape {args.n_layer} layers x {args.n_embd}, random weights; "
-          f"{args.tokens:,} tokens; grid {ks}^2; {args.permutations} permutations")
+          f"{args.tokens:,} tokens; grid {ks}^2; null {args.n_null} refits in chunks of {args.null_chunk}; "
+          f"{args.n_seeds} seeds")
 
     with prefect_api(quiet=True):
         print(f"pipeline starts ({_load()})")
         started = time.time()
         wall_start = time.perf_counter()
         outcome = pipeline_flow(
-            lake=str(serial_lake), models=[str(model_dir)], max_tokens=args.tokens, seq_len=args.seq_len,
-            serial=True, report_dir=str(work / "report"), progress=False, **common,
+            lake=str(lake), models=[str(model_dir)], max_tokens=args.tokens, seq_len=args.seq_len,
+            n_workers=args.workers, report_dir=str(work / "report"), progress=False, **common,
         )
         pipeline_wall = time.perf_counter() - wall_start
         print(f"pipeline done ({_load()})")
         tasks = _task_seconds(started)
         model = outcome["extract"][0]["model"]
+        identical = None
+        if args.check_layers:
+            small = {"bicluster": {**bicluster, "n_null": 4, "n_seeds": 2}, "null_chunk_size": 2}
+            identical = _compare_runners(lake, work, small, args.workers, list(range(args.check_layers)))
 
-        for table in ("tokens", "models", "activations"):
-            shutil.copytree(serial_lake / table, dask_lake / table)
-        wall_start = time.perf_counter()
-        dask_outcomes = bicluster_flow(lake=str(dask_lake), n_workers=args.workers, **common)
-        dask_wall = time.perf_counter() - wall_start
-        print(f"Dask bicluster done ({_load()})")
-    assert all(o["status"] == "written" for o in dask_outcomes)
-
-    import polars as pl
-
-    from tnb.lake import Lake
-
-    keys = ["layer", "row_k", "col_k"]
-    serial_metrics = Lake(serial_lake).scan("metrics").drop("seconds").collect().sort(keys)
-    dask_metrics = Lake(dask_lake).scan("metrics").drop("seconds").collect().sort(keys)
-    identical = serial_metrics.equals(dask_metrics)
-
-    print("task run time by task:", {name: round(seconds, 1) for name, seconds in sorted(tasks.items())})
-    compute = sum(tasks.values())
     stage = outcome["seconds"]
+    outcomes = [o for o in outcome["bicluster"] if o["status"] == "written"]
+    null_seconds = [o["null_task_seconds"] for o in outcomes]
+    final_seconds = [o["seconds"] for o in outcomes]
+    flat = sorted(s for chunk in null_seconds for s in chunk)
+    print("task run time by task:", {name: round(seconds, 1) for name, seconds in sorted(tasks.items())})
+    print(f"null tasks ({len(flat)}): median {flat[len(flat) // 2]:.1f} s, min {flat[0]:.1f} s, max {flat[-1]:.1f} s "
+          f"({flat[len(flat) // 2] / args.null_chunk:.2f} s per grid refit)")
+    print(f"final tasks ({len(final_seconds)}: fit + {args.n_seeds - 1} seeds + scores + publish): "
+          f"median {sorted(final_seconds)[len(final_seconds) // 2]:.1f} s")
+    compute = sum(tasks.values())
     print("\n| stage | wall s (orchestrated) | tasks' own run time s |")
     print("|---|---:|---:|")
     print(f"| ingest + tokenize + extract | {stage['extract']:.1f} | {tasks.get('tokenize', 0) + tasks.get('extract', 0):.1f} |")
-    print(f"| bicluster ({args.n_layer + 1} layers, serial) | {stage['bicluster']:.1f} | {tasks.get('bicluster', 0):.1f} |")
+    print(f"| bicluster ({args.n_layer + 1} layers, Dask) | {stage['bicluster']:.1f} | "
+          f"{tasks.get('bicluster', 0) + tasks.get('null', 0):.1f} |")
     print(f"| analyze (report) | {stage['analyze']:.1f} | {tasks.get('write-report', 0):.1f} |")
     print(f"| whole pipeline | {pipeline_wall:.1f} | {compute:.1f} |")
-    print(f"\norchestration overhead (pipeline wall / sum of task run time): {pipeline_wall / compute:.2f}x")
-    print(f"bicluster stage on a local Dask cluster: {dask_wall:.1f} s vs serial {stage['bicluster']:.1f} s "
-          f"-> speed-up {stage['bicluster'] / dask_wall:.2f}x; metrics identical to serial: {identical}")
-    if not identical:
-        print(pl.concat([serial_metrics, dask_metrics]).unique(keep="none"))
+    print(f"\nbicluster stage on {os.cpu_count()} cores: {stage['bicluster'] / 60:.1f} min (goal: <= 15 min)")
+    print("projected bicluster stage from these task times (greedy scheduling, same chunks):")
+    for workers in (2, 8, 32, 128):
+        print(f"  {workers:>4} workers: {project_wall(null_seconds, final_seconds, workers) / 60:.1f} min")
+    if identical is not None:
+        print(f"serial vs Dask on {args.check_layers} layers (small null): metrics identical: {identical}")
 
     if not args.skip_study:
-        study_bicluster, note = _study_estimate(serial_lake, model, args.n_layer, ks, args.seed)
+        study_bicluster, note = _study_estimate(lake, model, args.n_layer, ks, args.seed)
         extract_seconds = tasks.get("tokenize", 0) + tasks.get("extract", 0)
         study_total = extract_seconds + study_bicluster
-        ours = stage["extract"] + dask_wall + stage["analyze"]
-        print(f"study's approach, estimated: {study_total / 3600:.2f} h = extraction {extract_seconds:.0f} s + "
-              f"{args.n_layer + 1} layers x {study_bicluster / (args.n_layer + 1):.0f} s ({note})")
-        print(f"tnb (extract + Dask bicluster + report): {ours:.0f} s -> {study_total / ours:.0f}x faster")
+        print(f"study's approach (one fit per point, no null, no stability), estimated: {study_total / 3600:.2f} h = "
+              f"extraction {extract_seconds:.0f} s + {args.n_layer + 1} layers x "
+              f"{study_bicluster / (args.n_layer + 1):.0f} s ({note})")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from tnb.metrics import (
     statistic_from_sums,
     total_sum_of_squares,
 )
+from tnb.kmeans import kmeans, kmeans_1d
 from tnb.prepare import check_matrix
 
 __all__ = [
@@ -229,20 +230,41 @@ def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settin
 
 
 def _k_means(data: np.ndarray, n_clusters: int, settings: _Settings) -> tuple[np.ndarray, np.ndarray]:
-    model_class = MiniBatchKMeans if settings.mini_batch else KMeans
-    model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
-    model.fit(data)
-    return model.cluster_centers_, model.labels_
+    if settings.mini_batch or not isinstance(settings.init, str) or settings.init != "k-means++":
+        model_class = MiniBatchKMeans if settings.mini_batch else KMeans
+        model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
+        model.fit(data)
+        return model.cluster_centers_, model.labels_
+    # scikit-learn's algorithm without its per-call overhead (tnb.kmeans); same settings.
+    centers, labels, _ = kmeans(data, n_clusters, n_init=settings.n_init, random_state=settings.random_state)
+    return centers, labels.astype(np.int32)
 
 
-def _fit_best_piecewise(vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings) -> np.ndarray:
-    """The ``n_best`` vectors best approximated by piecewise-constant ones (k-means on each)."""
-    piecewise = np.empty_like(vectors)
+def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
+    """``||v - best piecewise-constant v with k pieces||`` of every vector, for every k in ks (exact 1-D k-means)."""
+    distances = {k: np.empty(len(vectors)) for k in ks}
     for index, vector in enumerate(vectors):  # a handful of singular vectors, not elements
-        centroid, labels = _k_means(vector.reshape(-1, 1), n_clusters, settings)
-        piecewise[index] = centroid[labels].ravel()
-    dists = np.linalg.norm((vectors - piecewise).astype(np.float64), axis=1)
-    return vectors[np.argsort(dists)[:n_best]]
+        vector = vector.astype(np.float64)
+        for k, labels in kmeans_1d(vector, ks).items():
+            means = np.bincount(labels, weights=vector, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
+            distances[k][index] = np.linalg.norm(vector - means[labels])
+    return distances
+
+
+def _fit_best_piecewise(vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None) -> np.ndarray:
+    """The ``n_best`` vectors best approximated by piecewise-constant ones.
+
+    scikit-learn fits each vector with k-means (k-means++, ``n_init``
+    restarts); here the fit is the exact optimum (:func:`tnb.kmeans.kmeans_1d`),
+    whose error is never larger, so ``settings`` is not needed.
+    """
+    return _best_piecewise_by_k(vectors, n_best, [n_clusters])[n_clusters]
+
+
+def _best_piecewise_by_k(vectors: np.ndarray, n_best: int, ks) -> dict[int, np.ndarray]:
+    """:func:`_fit_best_piecewise` for every k in ks from one dynamic programme per vector."""
+    distances = _piecewise_distances(vectors, sorted(set(ks)))
+    return {k: vectors[np.argsort(dists, kind="stable")[:n_best]] for k, dists in distances.items()}
 
 
 def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
@@ -271,19 +293,40 @@ def _fit_kluger_grid(X, pairs, *, normalization, n_components, n_best, settings)
     Returns ``{(row_k, col_k): (row_labels, col_labels, seconds)}`` and the
     seconds of the shared steps (normalization, SVD, piecewise fits).
     """
+    fits, timings = _fit_kluger_grid_timed(
+        X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+    )
+    return fits, timings["normalization"] + timings["svd"] + timings["piecewise"]
+
+
+def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, settings):
+    timings = {}
     start = time.perf_counter()
-    ut, vt = _kluger_svd(X, normalization, n_components, settings)
+    normalized = _normalize(X, normalization)
+    timings["normalization"] = time.perf_counter() - start
+    start = time.perf_counter()
+    n_sv = n_components if normalization == "log" else n_components + 1
+    u, v = _svd(normalized, n_sv, 0 if normalization == "log" else 1, settings)
+    ut, vt = u.T, v.T
+    del normalized
+    timings["svd"] = time.perf_counter() - start
+    start = time.perf_counter()
     # The piecewise fit of the left vectors depends only on row_k, of the right ones only on col_k.
-    best_ut = {k: _fit_best_piecewise(ut, n_best, k, settings) for k in sorted({rk for rk, _ in pairs})}
-    best_vt = {k: _fit_best_piecewise(vt, n_best, k, settings) for k in sorted({ck for _, ck in pairs})}
-    shared = time.perf_counter() - start
+    best_ut = _best_piecewise_by_k(ut, n_best, [rk for rk, _ in pairs])
+    best_vt = _best_piecewise_by_k(vt, n_best, [ck for _, ck in pairs])
+    timings["piecewise"] = time.perf_counter() - start
+    projections_start = time.perf_counter()
+    # A projection depends on one side's k only: X @ best_vt[col_k] is clustered into each row_k.
+    row_projections = {ck: X @ best_vt[ck].T for ck in best_vt}
+    col_projections = {rk: X.T @ best_ut[rk].T for rk in best_ut}
     fits = {}
     for row_k, col_k in pairs:
         start = time.perf_counter()
-        row_labels = _project_and_cluster(X, best_vt[col_k].T, row_k, settings)
-        col_labels = _project_and_cluster(X.T, best_ut[row_k].T, col_k, settings)
+        _, row_labels = _k_means(row_projections[col_k], row_k, settings)
+        _, col_labels = _k_means(col_projections[row_k], col_k, settings)
         fits[(row_k, col_k)] = (row_labels, col_labels, time.perf_counter() - start)
-    return fits, shared
+    timings["projections"] = time.perf_counter() - projections_start
+    return fits, timings
 
 
 def _n_sv_dhillon(k: int) -> int:
@@ -292,20 +335,57 @@ def _n_sv_dhillon(k: int) -> int:
 
 def _fit_dhillon_grid(X, ks, *, settings):
     """Labels for every k of co-clustering from one SVD (for the largest k, truncated for the others)."""
+    fits, timings = _fit_dhillon_grid_timed(X, ks, settings=settings)
+    return fits, timings["normalization"] + timings["svd"]
+
+
+def _fit_dhillon_grid_timed(X, ks, *, settings):
     start = time.perf_counter()
     normalized, row_diag, col_diag = _scale_normalize(X)
+    timings = {"normalization": time.perf_counter() - start}
+    start = time.perf_counter()
     u, v = _svd(normalized, max(_n_sv_dhillon(k) for k in ks), 1, settings)
     del normalized
-    shared = time.perf_counter() - start
+    timings["svd"] = time.perf_counter() - start
+    timings["piecewise"] = 0.0
     fits = {}
     n_rows = X.shape[0]
+    projections_start = time.perf_counter()
     for k in ks:
         start = time.perf_counter()
         n_vectors = _n_sv_dhillon(k) - 1
         z = np.vstack((row_diag[:, np.newaxis] * u[:, :n_vectors], col_diag[:, np.newaxis] * v[:, :n_vectors]))
         _, labels = _k_means(z, k, settings)
         fits[(k, k)] = (labels[:n_rows], labels[n_rows:], time.perf_counter() - start)
-    return fits, shared
+    timings["projections"] = time.perf_counter() - projections_start
+    return fits, timings
+
+
+def fit_grid_timed(X, pairs, method, *, normalization, n_components, n_best, settings):
+    """:func:`_fit_grid` with the time of each step.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_tokens, n_neurons), float32
+    pairs : list of (row_k, col_k)
+        Validated grid points (:func:`_grid_pairs`).
+    method, normalization, n_components, n_best, settings
+        As in :func:`_fit_grid`.
+
+    Returns
+    -------
+    fits : dict of (row_k, col_k) to (row_labels, col_labels, seconds)
+    timings : dict of str to float
+        Seconds of ``"normalization"``, ``"svd"``, ``"piecewise"`` (the
+        one-dimensional fits; 0 for co-clustering) and ``"projections"``
+        (the k-means of every grid point, projection products included).
+    """
+    with threadpool_limits(limits=1, user_api="openmp"):
+        if method == "coclustering":
+            return _fit_dhillon_grid_timed(X, [rk for rk, _ in pairs], settings=settings)
+        return _fit_kluger_grid_timed(
+            X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+        )
 
 
 # --------------------------------------------------------------------------

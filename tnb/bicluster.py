@@ -71,6 +71,7 @@ from tnb.metrics import (
 )
 from tnb.kmeans import kmeans, kmeans_1d
 from tnb.prepare import check_matrix
+from tnb.scaling import scaled, scaling_pass
 
 __all__ = [
     "DEFAULT_KS",
@@ -125,55 +126,30 @@ def _scale_normalize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return normalized, row_diag, col_diag
 
 
-def _scaling_distance(X2, a, b, alpha, beta) -> float:
-    """``||diag(a) X diag(b) - diag(a alpha) X diag(b beta)||_F`` without forming either matrix.
-
-    The entry-wise difference is ``a_i b_j X_ij (1 - alpha_i beta_j)``. Near
-    convergence ``alpha_i beta_j -> 1`` while alpha and beta themselves do
-    not (the iteration moves a constant between rows and columns), so the
-    factor is rewritten around the geometric mean ``s`` of alpha:
-    ``1 - alpha_i beta_j = -(delta_i + (1 + delta_i) eps_j)`` with
-    ``delta = alpha / s - 1`` and ``eps = beta s - 1`` both small; its square
-    expands into three nonnegative-dominated terms, each one GEMM with
-    ``X2 = X * X``. One pass over the matrix, no cancellation.
-    """
-    positive = alpha > 0
-    s = math.exp(float(np.log(alpha[positive]).mean())) if positive.any() else 1.0
-    delta = np.where(positive, alpha / s - 1.0, -1.0)
-    eps = beta * s - 1.0
-    b2 = b * b
-    weights = np.stack([b2, b2 * eps, b2 * eps * eps], axis=1).astype(np.float32)
-    y = (X2 @ weights).astype(np.float64)
-    per_row = delta**2 * y[:, 0] + 2 * delta * (1 + delta) * y[:, 1] + (1 + delta) ** 2 * y[:, 2]
-    return math.sqrt(max(float(np.dot(a * a, per_row)), 0.0))
-
-
 def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
     """scikit-learn's repeated scale normalization, as two scaling vectors.
 
     Iterate ``X_{t+1} = D_r^-1/2 X_t D_c^-1/2`` until ``||X_t - X_{t+1}||_F <
-    tol``, exactly as scikit-learn does, but keep ``X_t = diag(a) X diag(b)``
-    implicit: each iteration is two matrix-vector products and one thin GEMM,
-    and the scaled matrix is formed once at the end.
+    tol`` (at most ``max_iter`` scalings), exactly scikit-learn's rule, but
+    keep ``X_t = diag(a) X diag(b)`` implicit: one compiled pass over ``X``
+    per iteration gives the next sums and the change of the last scaling
+    (:mod:`tnb.scaling`), and the scaled matrix is formed once at the end.
     """
-    X = _make_nonnegative(X)
-    X2 = X * X
+    X = np.ascontiguousarray(_make_nonnegative(X), dtype=np.float32)
     a = np.ones(X.shape[0])
     b = np.ones(X.shape[1])
-    for _ in range(max_iter):
-        row_sums = a * (X @ b.astype(np.float32)).astype(np.float64)
-        col_sums = b * (a.astype(np.float32) @ X).astype(np.float64)
-        alpha = _inverse_sqrt(row_sums)
-        beta = _inverse_sqrt(col_sums)
-        dist = _scaling_distance(X2, a, b, alpha, beta)
-        a = a * alpha
-        b = b * beta
-        if dist < tol:
+    row_sums = np.empty(X.shape[0])
+    col_sums = np.empty(X.shape[1])
+    scaling_pass(X, a, b, a, b, row_sums, col_sums)
+    for n_scalings in range(1, max_iter + 1):
+        a_prev, b_prev = a, b
+        a = a * _inverse_sqrt(row_sums)
+        b = b * _inverse_sqrt(col_sums)
+        if n_scalings == max_iter:
             break
-    del X2
-    out = X * a.astype(np.float32)[:, np.newaxis]
-    out *= b.astype(np.float32)
-    return out
+        if scaling_pass(X, a, b, a_prev, b_prev, row_sums, col_sums) < tol:
+            break
+    return scaled(X, a, b)
 
 
 def _log_normalize(X: np.ndarray) -> np.ndarray:

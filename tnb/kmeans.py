@@ -192,17 +192,18 @@ def _block_sq_dists(features, start, stop, point, out):
 def _seed(features, k, n_trials, draws):
     """Greedy k-means++ (scikit-learn's ``_kmeans_plusplus``); ``draws`` are uniforms in [0, 1)."""
     n_features, n = features.shape
+    dtype = features.dtype
     centers = np.empty((k, n_features))
     first = min(int(draws[0] * n), n - 1)
-    centers[0] = features[:, first]
-    closest = np.empty(n)
+    point = features[:, first].copy()
+    centers[0] = point
+    closest = np.empty(n, dtype=dtype)
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        _block_sq_dists(features, start, stop, centers[0], closest[start:stop])
+        _block_sq_dists(features, start, stop, point, closest[start:stop])
     cumulative = np.empty(n)
-    candidate = np.empty(n)
-    best_closest = np.empty(n)
-    point = np.empty(n_features)
+    candidate = np.empty(n, dtype=dtype)
+    best_closest = np.empty(n, dtype=dtype)
     for c in range(1, k):
         total = 0.0
         for i in range(n):
@@ -234,6 +235,7 @@ def _seed(features, k, n_trials, draws):
 def _assign(features, centers, labels, distances, scratch):
     """Nearest centre of every point (ties to the lower index); returns how many labels changed."""
     n = features.shape[1]
+    centers = centers.astype(features.dtype)  # distances in the data's precision, as scikit-learn
     changed = 0
     best_label = np.empty(_BLOCK, dtype=np.int64)
     for start in range(0, n, _BLOCK):
@@ -297,8 +299,8 @@ def _lloyd(features, centers, max_iter, tol):
     """scikit-learn's Lloyd loop: stop on unchanged labels or a total squared centre shift <= tol."""
     n = features.shape[1]
     labels = np.full(n, -1, dtype=np.int64)
-    distances = np.empty(n)
-    scratch = np.empty(_BLOCK)
+    distances = np.empty(n, dtype=features.dtype)
+    scratch = np.empty(_BLOCK, dtype=features.dtype)
     strict = False
     for _ in range(max_iter):
         if _assign(features, centers, labels, distances, scratch) == 0:
@@ -340,7 +342,9 @@ def kmeans(
     """
     from sklearn.utils import check_random_state
 
-    features = np.ascontiguousarray(np.asarray(data, dtype=np.float64).T)  # SIMD runs along samples
+    data = np.asarray(data)
+    dtype = np.float32 if data.dtype == np.float32 else np.float64  # float32 data: float32 distances, as scikit-learn
+    features = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
     n_samples = features.shape[1]
     if not 1 <= n_clusters <= n_samples:
         raise ValueError(f"n_clusters should be in [1, n_samples={n_samples}]. Got {n_clusters} instead.")

@@ -108,8 +108,35 @@ def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.replace(",", " ").split()]
 
 
+class _StageChoices:
+    """A tuple of :mod:`tnb.bicluster_stage`, imported when argparse first reads it.
+
+    Registering the subcommands then costs no numpy/pyarrow import, so ``tnb --help``
+    and the commands that only read the lake start fast.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _values(self) -> tuple:
+        import tnb.bicluster_stage
+
+        return getattr(tnb.bicluster_stage, self.name)
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __contains__(self, value) -> bool:
+        return value in self._values()
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+
 def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
-    from tnb.bicluster_stage import METHODS, NULLS, SELECTION_RULES, STATISTICS
+    METHODS, NULLS, SELECTION_RULES, STATISTICS = (  # noqa: N806  (the stage's names)
+        _StageChoices(name) for name in ("METHODS", "NULLS", "SELECTION_RULES", "STATISTICS")
+    )
 
     group = parser.add_argument_group("biclustering")
     group.add_argument("--method", choices=METHODS, default="biclustering", help="(default: %(default)s)")

@@ -21,9 +21,16 @@ normalization and **one** SVD: for Kluger's method the SVD does not depend on
 k at all (it needs ``n_components + 1`` vectors) and the piecewise fits are
 shared by every grid point with the same ``row_k`` (or ``col_k``); for
 Dhillon's, the SVD is computed for the largest k and truncated for the others.
-Given the same SVD, every step after it is scikit-learn's, so the labels are
-the same as scikit-learn's estimators (tests check adjusted Rand index 1).
+Given the same SVD, every step after it is scikit-learn's algorithm, run by
+compiled kernels: the one-dimensional piecewise fits are solved exactly
+(:func:`tnb.kmeans.kmeans_1d`, never a larger error than scikit-learn's
+k-means++ fits) and the projections are clustered by scikit-learn's k-means
+algorithm with NumPy's random draws (:func:`tnb.kmeans.kmeans`); on structured
+data the labels are scikit-learn's (tests check adjusted Rand index 1).
 Where labels *can* differ from a stand-alone scikit-learn fit:
+
+- where scikit-learn's k-means stops in a worse local optimum of a piecewise
+  fit or a projection (tnb's fit is then the better one);
 
 - the randomized SVD is run in float32 here and in float64 there, so singular
   vectors agree to ~1e-6, not bit for bit; on data with clear structure this

@@ -211,8 +211,9 @@ def headline(A, grid, seed, repeats, sklearn_repeats) -> dict:
                 sk_times.append(seconds)
         load_after = os.getloadavg()
     same = sum(
-        adjusted_rand_score(labels[p][0], sk_labels[p][0]) == 1 and adjusted_rand_score(labels[p][1], sk_labels[p][1]) == 1
-        for p in grid
+        adjusted_rand_score(labels[pair][0], sk_labels[pair][0]) == 1
+        and adjusted_rand_score(labels[pair][1], sk_labels[pair][1]) == 1
+        for pair in grid
     )
     split = {name: statistics.median(t[name] for t in splits) for name in splits[0]}
     return {
@@ -231,9 +232,11 @@ def print_headline(shape, result, n_points) -> None:
         f"{result['same']}/{n_points} points"
     )
     split = result["split"]
-    print("tnb time split (median of repeats): " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in split.items()))
+    parts = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in split.items())
+    print(f"tnb time split (median of repeats): {parts}")
     print(f"numba kernels compiled/loaded once per process: {result['warmup']:.2f} s (not in the times above)")
-    print(f"1-min load average before / after: {result['load'][0]:.2f} / {result['load'][1]:.2f} (os.cpu_count()={os.cpu_count()})")
+    before, after = result["load"]
+    print(f"1-min load average before / after: {before:.2f} / {after:.2f} (os.cpu_count()={os.cpu_count()})")
 
 
 def main(argv=None) -> None:

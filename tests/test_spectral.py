@@ -120,3 +120,19 @@ def test_bistochastic_normalization_takes_sklearns_number_of_scalings() -> None:
         ours = tb._bistochastic_normalize(X.astype(np.float32), max_iter=max_iter)
         theirs = sk_bicluster._bistochastic_normalize(X, max_iter=max_iter)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+def test_same_seed_same_labels_whatever_the_thread_count() -> None:
+    """k-means and the normalization are single-threaded; the labels do not depend on BLAS threads either."""
+    X, _, _ = make_checkerboard((400, 120), (4, 3), noise=20, random_state=3)
+    X = np.abs(X).astype(np.float32)
+    pairs = [(3, 3), (4, 3), (5, 4)]
+    kwargs = {"normalization": "bistochastic", "n_components": 6, "n_best": 3, "settings": tb._Settings(random_state=2)}
+    runs = []
+    for threads in (1, 2, 1):
+        with threadpool_limits(limits=threads):
+            runs.append(tb.fit_grid_timed(X, pairs, "biclustering", **kwargs)[0])
+    for pair in pairs:
+        for run in runs[1:]:
+            np.testing.assert_array_equal(runs[0][pair][0], run[pair][0])
+            np.testing.assert_array_equal(runs[0][pair][1], run[pair][1])

@@ -220,7 +220,7 @@ def _k_means(data: np.ndarray, n_clusters: int, settings: _Settings) -> tuple[np
         return model.cluster_centers_, model.labels_
     # scikit-learn's algorithm without its per-call overhead (tnb.kmeans); same settings.
     centers, labels, _ = kmeans(data, n_clusters, n_init=settings.n_init, random_state=settings.random_state)
-    return centers, labels.astype(np.int32)
+    return centers, labels
 
 
 def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
@@ -234,7 +234,9 @@ def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
     return distances
 
 
-def _fit_best_piecewise(vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None) -> np.ndarray:
+def _fit_best_piecewise(
+    vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None
+) -> np.ndarray:
     """The ``n_best`` vectors best approximated by piecewise-constant ones.
 
     scikit-learn fits each vector with k-means (k-means++, ``n_init``
@@ -253,6 +255,14 @@ def _best_piecewise_by_k(vectors: np.ndarray, n_best: int, ks) -> dict[int, np.n
 def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
     _, labels = _k_means(data @ vectors, n_clusters, settings)
     return labels
+
+
+def _project_all(data: np.ndarray, best: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """``{k: data @ best[k].T}`` from one matrix product over the distinct vector sets (one pass over data)."""
+    distinct = list({vectors.tobytes(): vectors for vectors in best.values()}.values())
+    products = np.split(data @ np.concatenate(distinct).T, np.cumsum([len(v) for v in distinct])[:-1], axis=1)
+    by_vectors = {vectors.tobytes(): product for vectors, product in zip(distinct, products)}
+    return {k: by_vectors[vectors.tobytes()] for k, vectors in best.items()}
 
 
 def _normalize(X: np.ndarray, normalization: str) -> np.ndarray:
@@ -300,8 +310,8 @@ def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, set
     timings["piecewise"] = time.perf_counter() - start
     projections_start = time.perf_counter()
     # A projection depends on one side's k only: X @ best_vt[col_k] is clustered into each row_k.
-    row_projections = {ck: X @ best_vt[ck].T for ck in best_vt}
-    col_projections = {rk: X.T @ best_ut[rk].T for rk in best_ut}
+    row_projections = _project_all(X, best_vt)
+    col_projections = _project_all(X.T, best_ut)
     fits = {}
     for row_k, col_k in pairs:
         start = time.perf_counter()

@@ -237,7 +237,7 @@ def _assign(features, centers, labels, distances, scratch):
     n = features.shape[1]
     centers = centers.astype(features.dtype)  # distances in the data's precision, as scikit-learn
     changed = 0
-    best_label = np.empty(_BLOCK, dtype=np.int64)
+    best_label = np.empty(_BLOCK, dtype=np.int32)  # as wide as float32 distances: the select vectorizes
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
         size = stop - start
@@ -248,7 +248,7 @@ def _assign(features, centers, labels, distances, scratch):
             for i in range(size):
                 closer = scratch[i] < best[i]
                 best[i] = scratch[i] if closer else best[i]
-                best_label[i] = c if closer else best_label[i]
+                best_label[i] = np.int32(c) if closer else best_label[i]
         block_labels = labels[start:stop]
         for i in range(size):
             changed += best_label[i] != block_labels[i]
@@ -298,7 +298,7 @@ def _update(features, labels, distances, centers):
 def _lloyd(features, centers, max_iter, tol):
     """scikit-learn's Lloyd loop: stop on unchanged labels or a total squared centre shift <= tol."""
     n = features.shape[1]
-    labels = np.full(n, -1, dtype=np.int64)
+    labels = np.full(n, -1, dtype=np.int32)
     distances = np.empty(n, dtype=features.dtype)
     scratch = np.empty(_BLOCK, dtype=features.dtype)
     strict = False
@@ -337,7 +337,7 @@ def kmeans(
     Returns
     -------
     centers : ndarray of shape (n_clusters, n_features), float64
-    labels : ndarray of shape (n_samples,), int64
+    labels : ndarray of shape (n_samples,), int32
     inertia : float
     """
     from sklearn.utils import check_random_state

@@ -162,7 +162,7 @@ def test_coclustering_consensus_at_least_sklearn(shape, k, noise) -> None:
 
 @pytest.mark.slow
 def test_full_size_planted_layer_is_recovered_by_the_grid() -> None:
-    """20,000 x 768 with a planted 6 x 6 checkerboard: the grid finds it exactly, and the refit Z selects it.
+    """20,000 x 768 with a planted 6 x 6 checkerboard: the grid finds it exactly, the refit Z picks 6 token clusters.
 
     The study's r2 rule picks the largest grid; so does the label-shuffle Z on this matrix (its null
     sd shrinks as blocks are added), which is why the refit null exists.
@@ -174,7 +174,12 @@ def test_full_size_planted_layer_is_recovered_by_the_grid() -> None:
     planted = next(r for r in results if (r.row_k, r.col_k) == (6, 6))
     assert adjusted_rand_score(rows, planted.row_labels) == 1.0
     assert adjusted_rand_score(cols, planted.col_labels) == 1.0
-    assert planted.selected and planted.null == "refit" and planted.z > 100
+    assert planted.null == "refit" and planted.z > 100
+    # The refit Z selects the planted 6 token clusters. 6 and 9 neuron clusters differ by 1e-5 in R^2 here,
+    # so which of them wins is decided by the spread of 3 refits on noise: with scikit-learn's k-means++
+    # piecewise fits one outlying refit widened the 9-column null and 6 x 6 won; with the exact fits
+    # (tnb.kmeans.kmeans_1d) 6 x 9 wins, at 3 and at 10 refits. Not a property to pin on 3 refits.
+    assert next(r for r in results if r.selected).row_k == 6
     assert next(r for r in mark_selected(results, "r2") if r.selected).row_k == 9
     shuffled = permutation_test(A, planted.row_labels, planted.col_labels, n_permutations=100, random_state=0)
     assert shuffled.z > 100 and shuffled.p == pytest.approx(1 / 101)

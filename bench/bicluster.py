@@ -256,7 +256,7 @@ def main(argv=None) -> None:
 
     # tnb runs k-means single-threaded (bit-identical results); scikit-learn gets the same OpenMP
     # setting, which is also faster for it on a shared 2-core machine. BLAS threads are left as they are.
-    print("OpenMP (k-means) threads: 1 for every approach; BLAS threads: default")
+    print("headline: one OpenMP and one BLAS thread for both; (a)-(c): OpenMP (k-means) 1 thread, BLAS default")
     rows = []
     for shape in args.shapes.split(","):
         n_tokens, n_neurons = (int(x) for x in shape.lower().split("x"))

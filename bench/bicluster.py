@@ -12,14 +12,25 @@ One run, side by side, on a planted float32 |z| matrix per shape:
     (closed-form R^2, adjusted R^2, Z with --n-permutations label shuffles).
 (c) tnb.bicluster.grid_search: the full grid from one SVD, same metrics.
 
+The headline (printed first): one full grid fit without a null -- labels and
+R^2 / adjusted R^2 of every point -- by tnb (``fit_grid_timed``, with its time
+split: normalization, SVD, piecewise fits, projections, scoring) against
+scikit-learn's SpectralBiclustering fitted once per grid point and scored the
+same way; both single-threaded (OpenMP and BLAS), repeats interleaved,
+min/median/max and the load average before and after. scikit-learn is timed
+on fewer repeats (--sklearn-repeats) because one round takes tens of seconds.
+
 Run:  python bench/bicluster.py                 (20,000 x 768 and 20,000 x 1,600)
+      python bench/bicluster.py --headline-only --repeats 5 --sklearn-repeats 2
       python bench/bicluster.py --shapes 2000x300 --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import statistics
 import time
 
 import numpy as np
@@ -27,8 +38,15 @@ import sklearn.cluster
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from tnb.bicluster import grid_search
-from tnb.metrics import adjusted_r2, block_r2, permutation_test
+from tnb.bicluster import _Settings, fit_grid_timed, grid_search
+from tnb.metrics import (
+    adjusted_r2,
+    block_r2,
+    block_sums,
+    permutation_test,
+    statistic_from_sums,
+    total_sum_of_squares,
+)
 from tnb.prepare import prepare
 
 
@@ -136,6 +154,91 @@ def sklearn_per_point(A, grid, seed, n_permutations):
     return time.perf_counter() - start, out
 
 
+def _score(A, fits):
+    """R^2 and adjusted R^2 of every grid point (the score parts of a fit, no null)."""
+    sum_squares, total, n_elements = total_sum_of_squares(A)  # once per matrix, as grid_search does
+    out = {}
+    for (row_k, col_k), (row_labels, col_labels) in fits.items():
+        sums, sizes = block_sums(A, row_labels, col_labels)
+        r2 = float(statistic_from_sums(sums, sizes, "r2", total=total, sum_squares=sum_squares, n_elements=n_elements))
+        out[(row_k, col_k)] = (r2, adjusted_r2(r2, n_elements, int(np.count_nonzero(sizes))))
+    return out
+
+
+def tnb_grid_fit(A, grid, seed):
+    """One tnb grid fit + scoring; returns (seconds, time split, labels)."""
+    start = time.perf_counter()
+    fits, timings = fit_grid_timed(
+        A, grid, "biclustering", normalization="bistochastic", n_components=6, n_best=3,
+        settings=_Settings(random_state=seed),
+    )
+    labels = {pair: fit[:2] for pair, fit in fits.items()}
+    scoring_start = time.perf_counter()
+    _score(A, labels)
+    timings["scoring"] = time.perf_counter() - scoring_start
+    return time.perf_counter() - start, timings, labels
+
+
+def sklearn_grid_fit(A, grid, seed):
+    """scikit-learn's SpectralBiclustering once per grid point + the same scoring."""
+    start = time.perf_counter()
+    labels = {}
+    for row_k, col_k in grid:
+        model = sklearn.cluster.SpectralBiclustering((row_k, col_k), random_state=seed).fit(A)
+        labels[(row_k, col_k)] = (model.row_labels_, model.column_labels_)
+    _score(A, labels)
+    return time.perf_counter() - start, labels
+
+
+def _spread(values) -> str:
+    return f"min {min(values):.2f} / median {statistics.median(values):.2f} / max {max(values):.2f} s (n={len(values)})"
+
+
+def headline(A, grid, seed, repeats, sklearn_repeats) -> dict:
+    """tnb's full grid fit vs scikit-learn's per-point fits, single-threaded, interleaved repeats."""
+    with threadpool_limits(limits=1):
+        start = time.perf_counter()
+        tnb_grid_fit(A[:300, :100], [(2, 2)], seed)  # compiles (or loads the cached) numba kernels
+        warmup = time.perf_counter() - start
+        load_before = os.getloadavg()
+        tnb_times, sk_times, splits = [], [], []
+        for repeat in range(repeats):
+            seconds, timings, labels = tnb_grid_fit(A, grid, seed)
+            tnb_times.append(seconds)
+            splits.append(timings)
+            if repeat < sklearn_repeats:
+                seconds, sk_labels = sklearn_grid_fit(A, grid, seed)
+                sk_times.append(seconds)
+        load_after = os.getloadavg()
+    same = sum(
+        adjusted_rand_score(labels[pair][0], sk_labels[pair][0]) == 1
+        and adjusted_rand_score(labels[pair][1], sk_labels[pair][1]) == 1
+        for pair in grid
+    )
+    split = {name: statistics.median(t[name] for t in splits) for name in splits[0]}
+    return {
+        "tnb": tnb_times, "sklearn": sk_times, "split": split, "warmup": warmup, "same": same,
+        "load": (load_before[0], load_after[0]),
+    }
+
+
+def print_headline(shape, result, n_points) -> None:
+    tnb_times, sk_times = result["tnb"], result["sklearn"]
+    print(f"tnb full grid fit (labels + R^2, adjusted R^2; no null): {_spread(tnb_times)}")
+    print(f"scikit-learn SpectralBiclustering x {n_points} + same scoring: {_spread(sk_times)}")
+    print(
+        f"ratio of medians: {statistics.median(sk_times) / statistics.median(tnb_times):.1f}x "
+        f"(of minima: {min(sk_times) / min(tnb_times):.1f}x); labels equal to scikit-learn's (ARI 1) at "
+        f"{result['same']}/{n_points} points"
+    )
+    split = result["split"]
+    parts = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in split.items())
+    print(f"tnb time split (median of repeats): {parts}")
+    print(f"numba kernels compiled/loaded once per process: {result['warmup']:.2f} s (not in the times above)")
+    before, after = result["load"]
+    print(f"1-min load average before / after: {before:.2f} / {after:.2f} (os.cpu_count()={os.cpu_count()})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="20000x768,20000x1600", help="comma-separated NxM shapes")
@@ -144,17 +247,25 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loop-budget", type=float, default=120.0, help="seconds the full Python loops may take")
     parser.add_argument("--loop-subset-elements", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of tnb's headline grid fit")
+    parser.add_argument("--sklearn-repeats", type=int, default=2, help="repeats of scikit-learn's (interleaved)")
+    parser.add_argument("--headline-only", action="store_true", help="skip (a)-(c)")
     args = parser.parse_args(argv)
     ks = tuple(int(k) for k in args.ks.split(","))
     grid = [(row_k, col_k) for row_k in ks for col_k in ks]
 
     # tnb runs k-means single-threaded (bit-identical results); scikit-learn gets the same OpenMP
     # setting, which is also faster for it on a shared 2-core machine. BLAS threads are left as they are.
-    print("OpenMP (k-means) threads: 1 for every approach; BLAS threads: default")
+    print("headline: one OpenMP and one BLAS thread for both; (a)-(c): OpenMP (k-means) 1 thread, BLAS default")
     rows = []
     for shape in args.shapes.split(","):
         n_tokens, n_neurons = (int(x) for x in shape.lower().split("x"))
         A = planted_matrix(n_tokens, n_neurons, seed=args.seed)
+        print(f"\n== {n_tokens:,} x {n_neurons:,} float32, grid {ks} x {ks}: headline, one thread ==")
+        result = headline(A, grid, args.seed, args.repeats, min(args.sklearn_repeats, args.repeats))
+        print_headline(shape, result, len(grid))
+        if args.headline_only:
+            continue
         print(f"\n== {n_tokens:,} x {n_neurons:,} float32, grid {ks} x {ks}, {args.n_permutations} permutations ==")
 
         start = time.perf_counter()
@@ -184,6 +295,8 @@ def main(argv=None) -> None:
                      c_seconds, agreement))
         rows.append((shape, f"(c) tnb grid_search, {args.n_permutations}-perm Z", c_seconds, c_seconds, "-"))
 
+    if not rows:
+        return
     print("\n| shape | approach | seconds (whole grid) | x slower than (c) | R^2 agreement |")
     print("|---|---|---:|---:|---|")
     for shape, name, seconds, c_seconds, agreement in rows:

@@ -3,6 +3,5 @@ Prefect for tnb first (analytics off, local home): see :mod:`flows._env`."""
 
 from flows import _env as _env  # noqa: F401  (must run before prefect is imported)
 
-import prefect as _prefect  # noqa: E402,F401  (sets up Prefect's logging handlers)
 
 _env.quiet_user_errors()

@@ -109,7 +109,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
-    from tnb.bicluster_stage import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams
+    from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams
 
     defaults = BiclusterParams()
     group = parser.add_argument_group("biclustering")

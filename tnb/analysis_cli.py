@@ -7,10 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tnb.query import PARAMS, parse_param, run_query, write_result
+from tnb.query_params import PARAMS
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
+    from tnb.query import parse_param, run_query, write_result  # lazy: polars and pyarrow, not for --help
+
     params = dict(parse_param(text) for text in args.param or [])
     frame = run_query(args.lake, args.query, params)
     text = write_result(frame, args.format, args.out)

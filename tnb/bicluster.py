@@ -21,9 +21,16 @@ normalization and **one** SVD: for Kluger's method the SVD does not depend on
 k at all (it needs ``n_components + 1`` vectors) and the piecewise fits are
 shared by every grid point with the same ``row_k`` (or ``col_k``); for
 Dhillon's, the SVD is computed for the largest k and truncated for the others.
-Given the same SVD, every step after it is scikit-learn's, so the labels are
-the same as scikit-learn's estimators (tests check adjusted Rand index 1).
+Given the same SVD, every step after it is scikit-learn's algorithm, run by
+compiled kernels: the one-dimensional piecewise fits are solved exactly
+(:func:`tnb.kmeans.kmeans_1d`, never a larger error than scikit-learn's
+k-means++ fits) and the projections are clustered by scikit-learn's k-means
+algorithm with NumPy's random draws (:func:`tnb.kmeans.kmeans`); on structured
+data the labels are scikit-learn's (tests check adjusted Rand index 1).
 Where labels *can* differ from a stand-alone scikit-learn fit:
+
+- where scikit-learn's k-means stops in a worse local optimum of a piecewise
+  fit or a projection (tnb's fit is then the better one);
 
 - the randomized SVD is run in float32 here and in float64 there, so singular
   vectors agree to ~1e-6, not bit for bit; on data with clear structure this
@@ -70,7 +77,9 @@ from tnb.metrics import (
     specialization_summary,
     total_sum_of_squares,
 )
+from tnb.kmeans import kmeans, kmeans_1d
 from tnb.prepare import check_matrix
+from tnb.scaling import scaled, scaling_pass
 
 __all__ = [
     "DEFAULT_KS",
@@ -130,55 +139,30 @@ def _scale_normalize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return normalized, row_diag, col_diag
 
 
-def _scaling_distance(X2, a, b, alpha, beta) -> float:
-    """``||diag(a) X diag(b) - diag(a alpha) X diag(b beta)||_F`` without forming either matrix.
-
-    The entry-wise difference is ``a_i b_j X_ij (1 - alpha_i beta_j)``. Near
-    convergence ``alpha_i beta_j -> 1`` while alpha and beta themselves do
-    not (the iteration moves a constant between rows and columns), so the
-    factor is rewritten around the geometric mean ``s`` of alpha:
-    ``1 - alpha_i beta_j = -(delta_i + (1 + delta_i) eps_j)`` with
-    ``delta = alpha / s - 1`` and ``eps = beta s - 1`` both small; its square
-    expands into three nonnegative-dominated terms, each one GEMM with
-    ``X2 = X * X``. One pass over the matrix, no cancellation.
-    """
-    positive = alpha > 0
-    s = math.exp(float(np.log(alpha[positive]).mean())) if positive.any() else 1.0
-    delta = np.where(positive, alpha / s - 1.0, -1.0)
-    eps = beta * s - 1.0
-    b2 = b * b
-    weights = np.stack([b2, b2 * eps, b2 * eps * eps], axis=1).astype(np.float32)
-    y = (X2 @ weights).astype(np.float64)
-    per_row = delta**2 * y[:, 0] + 2 * delta * (1 + delta) * y[:, 1] + (1 + delta) ** 2 * y[:, 2]
-    return math.sqrt(max(float(np.dot(a * a, per_row)), 0.0))
-
-
 def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
     """scikit-learn's repeated scale normalization, as two scaling vectors.
 
     Iterate ``X_{t+1} = D_r^-1/2 X_t D_c^-1/2`` until ``||X_t - X_{t+1}||_F <
-    tol``, exactly as scikit-learn does, but keep ``X_t = diag(a) X diag(b)``
-    implicit: each iteration is two matrix-vector products and one thin GEMM,
-    and the scaled matrix is formed once at the end.
+    tol`` (at most ``max_iter`` scalings), exactly scikit-learn's rule, but
+    keep ``X_t = diag(a) X diag(b)`` implicit: one compiled pass over ``X``
+    per iteration gives the next sums and the change of the last scaling
+    (:mod:`tnb.scaling`), and the scaled matrix is formed once at the end.
     """
-    X = _make_nonnegative(X)
-    X2 = X * X
+    X = np.ascontiguousarray(_make_nonnegative(X), dtype=np.float32)
     a = np.ones(X.shape[0])
     b = np.ones(X.shape[1])
-    for _ in range(max_iter):
-        row_sums = a * (X @ b.astype(np.float32)).astype(np.float64)
-        col_sums = b * (a.astype(np.float32) @ X).astype(np.float64)
-        alpha = _inverse_sqrt(row_sums)
-        beta = _inverse_sqrt(col_sums)
-        dist = _scaling_distance(X2, a, b, alpha, beta)
-        a = a * alpha
-        b = b * beta
-        if dist < tol:
+    row_sums = np.empty(X.shape[0])
+    col_sums = np.empty(X.shape[1])
+    scaling_pass(X, a, b, a, b, row_sums, col_sums)
+    for n_scalings in range(1, max_iter + 1):
+        a_prev, b_prev = a, b
+        a = a * _inverse_sqrt(row_sums)
+        b = b * _inverse_sqrt(col_sums)
+        if n_scalings == max_iter:
             break
-    del X2
-    out = X * a.astype(np.float32)[:, np.newaxis]
-    out *= b.astype(np.float32)
-    return out
+        if scaling_pass(X, a, b, a_prev, b_prev, row_sums, col_sums) < tol:
+            break
+    return scaled(X, a, b)
 
 
 def _log_normalize(X: np.ndarray) -> np.ndarray:
@@ -235,25 +219,56 @@ def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settin
 
 
 def _k_means(data: np.ndarray, n_clusters: int, settings: _Settings) -> tuple[np.ndarray, np.ndarray]:
-    model_class = MiniBatchKMeans if settings.mini_batch else KMeans
-    model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
-    model.fit(data)
-    return model.cluster_centers_, model.labels_
+    if settings.mini_batch or not isinstance(settings.init, str) or settings.init != "k-means++":
+        model_class = MiniBatchKMeans if settings.mini_batch else KMeans
+        model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
+        model.fit(data)
+        return model.cluster_centers_, model.labels_
+    # scikit-learn's algorithm without its per-call overhead (tnb.kmeans); same settings.
+    centers, labels, _ = kmeans(data, n_clusters, n_init=settings.n_init, random_state=settings.random_state)
+    return centers, labels
 
 
-def _fit_best_piecewise(vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings) -> np.ndarray:
-    """The ``n_best`` vectors best approximated by piecewise-constant ones (k-means on each)."""
-    piecewise = np.empty_like(vectors)
+def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
+    """``||v - best piecewise-constant v with k pieces||`` of every vector, for every k in ks (exact 1-D k-means)."""
+    distances = {k: np.empty(len(vectors)) for k in ks}
     for index, vector in enumerate(vectors):  # a handful of singular vectors, not elements
-        centroid, labels = _k_means(vector.reshape(-1, 1), n_clusters, settings)
-        piecewise[index] = centroid[labels].ravel()
-    dists = np.linalg.norm((vectors - piecewise).astype(np.float64), axis=1)
-    return vectors[np.argsort(dists)[:n_best]]
+        vector = vector.astype(np.float64)
+        for k, labels in kmeans_1d(vector, ks).items():
+            means = np.bincount(labels, weights=vector, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
+            distances[k][index] = np.linalg.norm(vector - means[labels])
+    return distances
+
+
+def _fit_best_piecewise(
+    vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None
+) -> np.ndarray:
+    """The ``n_best`` vectors best approximated by piecewise-constant ones.
+
+    scikit-learn fits each vector with k-means (k-means++, ``n_init``
+    restarts); here the fit is the exact optimum (:func:`tnb.kmeans.kmeans_1d`),
+    whose error is never larger, so ``settings`` is not needed.
+    """
+    return _best_piecewise_by_k(vectors, n_best, [n_clusters])[n_clusters]
+
+
+def _best_piecewise_by_k(vectors: np.ndarray, n_best: int, ks) -> dict[int, np.ndarray]:
+    """:func:`_fit_best_piecewise` for every k in ks from one dynamic programme per vector."""
+    distances = _piecewise_distances(vectors, sorted(set(ks)))
+    return {k: vectors[np.argsort(dists, kind="stable")[:n_best]] for k, dists in distances.items()}
 
 
 def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
     _, labels = _k_means(data @ vectors, n_clusters, settings)
     return labels
+
+
+def _project_all(data: np.ndarray, best: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """``{k: data @ best[k].T}`` from one matrix product over the distinct vector sets (one pass over data)."""
+    distinct = list({vectors.tobytes(): vectors for vectors in best.values()}.values())
+    products = np.split(data @ np.concatenate(distinct).T, np.cumsum([len(v) for v in distinct])[:-1], axis=1)
+    by_vectors = {vectors.tobytes(): product for vectors, product in zip(distinct, products)}
+    return {k: by_vectors[vectors.tobytes()] for k, vectors in best.items()}
 
 
 def _normalize(X: np.ndarray, normalization: str) -> np.ndarray:
@@ -277,19 +292,40 @@ def _fit_kluger_grid(X, pairs, *, normalization, n_components, n_best, settings)
     Returns ``{(row_k, col_k): (row_labels, col_labels, seconds)}`` and the
     seconds of the shared steps (normalization, SVD, piecewise fits).
     """
+    fits, timings = _fit_kluger_grid_timed(
+        X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+    )
+    return fits, timings["normalization"] + timings["svd"] + timings["piecewise"]
+
+
+def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, settings):
+    timings = {}
     start = time.perf_counter()
-    ut, vt = _kluger_svd(X, normalization, n_components, settings)
+    normalized = _normalize(X, normalization)
+    timings["normalization"] = time.perf_counter() - start
+    start = time.perf_counter()
+    n_sv = n_components if normalization == "log" else n_components + 1
+    u, v = _svd(normalized, n_sv, 0 if normalization == "log" else 1, settings)
+    ut, vt = u.T, v.T
+    del normalized
+    timings["svd"] = time.perf_counter() - start
+    start = time.perf_counter()
     # The piecewise fit of the left vectors depends only on row_k, of the right ones only on col_k.
-    best_ut = {k: _fit_best_piecewise(ut, n_best, k, settings) for k in sorted({rk for rk, _ in pairs})}
-    best_vt = {k: _fit_best_piecewise(vt, n_best, k, settings) for k in sorted({ck for _, ck in pairs})}
-    shared = time.perf_counter() - start
+    best_ut = _best_piecewise_by_k(ut, n_best, [rk for rk, _ in pairs])
+    best_vt = _best_piecewise_by_k(vt, n_best, [ck for _, ck in pairs])
+    timings["piecewise"] = time.perf_counter() - start
+    projections_start = time.perf_counter()
+    # A projection depends on one side's k only: X @ best_vt[col_k] is clustered into each row_k.
+    row_projections = _project_all(X, best_vt)
+    col_projections = _project_all(X.T, best_ut)
     fits = {}
     for row_k, col_k in pairs:
         start = time.perf_counter()
-        row_labels = _project_and_cluster(X, best_vt[col_k].T, row_k, settings)
-        col_labels = _project_and_cluster(X.T, best_ut[row_k].T, col_k, settings)
+        _, row_labels = _k_means(row_projections[col_k], row_k, settings)
+        _, col_labels = _k_means(col_projections[row_k], col_k, settings)
         fits[(row_k, col_k)] = (row_labels, col_labels, time.perf_counter() - start)
-    return fits, shared
+    timings["projections"] = time.perf_counter() - projections_start
+    return fits, timings
 
 
 def _n_sv_dhillon(k: int) -> int:
@@ -298,20 +334,57 @@ def _n_sv_dhillon(k: int) -> int:
 
 def _fit_dhillon_grid(X, ks, *, settings):
     """Labels for every k of co-clustering from one SVD (for the largest k, truncated for the others)."""
+    fits, timings = _fit_dhillon_grid_timed(X, ks, settings=settings)
+    return fits, timings["normalization"] + timings["svd"]
+
+
+def _fit_dhillon_grid_timed(X, ks, *, settings):
     start = time.perf_counter()
     normalized, row_diag, col_diag = _scale_normalize(X)
+    timings = {"normalization": time.perf_counter() - start}
+    start = time.perf_counter()
     u, v = _svd(normalized, max(_n_sv_dhillon(k) for k in ks), 1, settings)
     del normalized
-    shared = time.perf_counter() - start
+    timings["svd"] = time.perf_counter() - start
+    timings["piecewise"] = 0.0
     fits = {}
     n_rows = X.shape[0]
+    projections_start = time.perf_counter()
     for k in ks:
         start = time.perf_counter()
         n_vectors = _n_sv_dhillon(k) - 1
         z = np.vstack((row_diag[:, np.newaxis] * u[:, :n_vectors], col_diag[:, np.newaxis] * v[:, :n_vectors]))
         _, labels = _k_means(z, k, settings)
         fits[(k, k)] = (labels[:n_rows], labels[n_rows:], time.perf_counter() - start)
-    return fits, shared
+    timings["projections"] = time.perf_counter() - projections_start
+    return fits, timings
+
+
+def fit_grid_timed(X, pairs, method, *, normalization, n_components, n_best, settings):
+    """:func:`_fit_grid` with the time of each step.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_tokens, n_neurons), float32
+    pairs : list of (row_k, col_k)
+        Validated grid points (:func:`_grid_pairs`).
+    method, normalization, n_components, n_best, settings
+        As in :func:`_fit_grid`.
+
+    Returns
+    -------
+    fits : dict of (row_k, col_k) to (row_labels, col_labels, seconds)
+    timings : dict of str to float
+        Seconds of ``"normalization"``, ``"svd"``, ``"piecewise"`` (the
+        one-dimensional fits; 0 for co-clustering) and ``"projections"``
+        (the k-means of every grid point, projection products included).
+    """
+    with threadpool_limits(limits=1, user_api="openmp"):
+        if method == "coclustering":
+            return _fit_dhillon_grid_timed(X, [rk for rk, _ in pairs], settings=settings)
+        return _fit_kluger_grid_timed(
+            X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
+        )
 
 
 # --------------------------------------------------------------------------

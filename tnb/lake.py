@@ -31,17 +31,19 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tnb import __version__
 from tnb.errors import LakeError, SchemaError
 from tnb.schemas import INT_KEYS, PARTITION_KEYS, expected_schema
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 DATA_FILE = "part-0.parquet"
 MANIFEST_FILE = "_manifest.json"
@@ -411,6 +413,8 @@ class Lake:
     def dataset(self, table: str) -> pads.Dataset:
         """The table as a ``pyarrow.dataset`` with hive partitioning."""
         self.check_table(table)
+        import pyarrow.dataset as pads  # lazy: it imports pandas (~0.3 s), which reading a table does not need
+
         return pads.dataset(self.root / table, format="parquet", partitioning="hive")
 
     def read_layer(self, model: str, site: str, layer: int) -> np.ndarray:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from tnb.errors import ModelError
-from tnb.lake import sanitize_value
 
 #: Hub ids of the GPT-2 presets (the study's four sizes).
 GPT2_PRESETS: dict[str, str] = {
@@ -79,6 +78,8 @@ def resolve_model(name_or_path: str) -> ModelSpec:
         return ModelSpec(OFFLINE_PRESET, str(minilm_dir()), preset=True, local=True)
     if name_or_path in GPT2_PRESETS:
         return ModelSpec(name_or_path, GPT2_PRESETS[name_or_path], preset=True, local=False)
+    from tnb.lake import sanitize_value  # lazy: `tnb --help` needs PRESETS, not pyarrow and polars
+
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

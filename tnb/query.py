@@ -33,27 +33,13 @@ import polars as pl
 import tnb
 from tnb.errors import LakeError, TnbError
 from tnb.lake import DATA_FILE, Lake, partition_key
+from tnb.query_params import PARAMS
 from tnb.schemas import PARTITION_KEYS
 
 
 class QueryError(TnbError):
     """A query file is missing, a parameter is unknown, or the SQL does not run."""
 
-
-#: Every parameter a query may read from ``params``, its type and its default.
-PARAMS: dict[str, tuple[type, Any]] = {
-    "model": (str, None),
-    "site": (str, None),
-    "layer": (int, None),
-    "method": (str, None),
-    "drop_first": (int, 0),  # the study kept every position; 0 is the default everywhere
-    "row_k": (int, None),  # with col_k: this grid point instead of the selected one
-    "col_k": (int, None),
-    "top_n": (int, 10),  # rows per group in top_tokens / top_neurons
-    "min_count": (int, 5),  # a token must occur this often in a cluster to be ranked by lift
-    "shrink": (float, 5.0),  # pseudo-occurrences at lift 1 added to every token's count in top_tokens
-    "artifact_share": (float, 0.9),  # a cluster with more than this share at one seq_pos is a position artifact
-}
 
 _POLARS_TYPES = {str: pl.String, int: pl.Int64, float: pl.Float64}
 

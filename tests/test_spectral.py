@@ -1,0 +1,138 @@
+"""The engine's kernels against scikit-learn: exact 1-D k-means, projection k-means, normalization, the timed grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sklearn.cluster
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_checkerboard
+from sklearn.metrics import consensus_score
+from threadpoolctl import threadpool_limits
+
+from tnb import bicluster as tb
+from tnb.kmeans import kmeans, kmeans_1d, wcss_1d
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_openmp():
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+def _vectors():
+    rng = np.random.default_rng(0)
+    yield "gaussian", rng.standard_normal(2000)
+    yield "heavy-tailed", rng.standard_t(2, 1500)
+    yield "mixture", np.concatenate([rng.normal(m, 0.3, 300) for m in (-3, 0, 1, 5)])
+    yield "singular-vector-like", rng.standard_normal(3000) / np.sqrt(3000)
+    yield "ties", np.round(rng.exponential(size=800), 1)
+
+
+@pytest.mark.parametrize(("name", "vector"), list(_vectors()), ids=[name for name, _ in _vectors()])
+def test_1d_wcss_is_at_most_sklearn_kmeans(name, vector) -> None:
+    fits = kmeans_1d(vector, [2, 6, 9, 12])
+    for k, labels in fits.items():
+        model = KMeans(k, n_init=10, random_state=0).fit(vector.reshape(-1, 1))
+        ours = wcss_1d(vector, labels)
+        theirs = wcss_1d(vector, model.labels_)
+        assert ours <= theirs * (1 + 1e-12), (name, k, ours, theirs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_1d_wcss_equals_the_ckmeans_optimum(seed) -> None:
+    ckmeans = pytest.importorskip("ckmeans")
+    rng = np.random.default_rng(seed)
+    vector = rng.standard_normal(int(rng.integers(50, 4000))) * rng.uniform(0.1, 3)
+    for k, labels in kmeans_1d(vector, [1, 2, 3, 6, 9, 12]).items():
+        optimum = sum(float(((c - c.mean()) ** 2).sum()) for c in ckmeans.ckmeans(vector, k))
+        assert wcss_1d(vector, labels) == pytest.approx(optimum, rel=1e-10, abs=1e-12)
+        assert len(np.unique(labels)) == k
+
+
+def test_1d_labels_are_contiguous_in_value_order() -> None:
+    vector = np.random.default_rng(3).standard_normal(500)
+    labels = kmeans_1d(vector, [5])[5]
+    sorted_labels = labels[np.argsort(vector)]
+    assert np.all(np.diff(sorted_labels) >= 0) and sorted_labels[0] == 0 and sorted_labels[-1] == 4
+
+
+@pytest.mark.parametrize("ks", [[0], [3, 11]])
+def test_1d_rejects_bad_k(ks) -> None:
+    with pytest.raises(ValueError, match=r"every k should be in \[1, n=10\]"):
+        kmeans_1d(np.arange(10.0), ks)
+
+
+def _projection_like(seed, n=3000):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2, (6, 3))
+    return centers[rng.integers(0, 6, n)] + rng.normal(0, 0.8, (n, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("k", [2, 6, 12])
+def test_projection_kmeans_inertia_matches_sklearn(seed, k) -> None:
+    """Same algorithm as scikit-learn's KMeans (n_init=10), different random draws: same inertia to 1e-3."""
+    for data in (_projection_like(seed), np.random.default_rng(seed).standard_normal((2000, 3))):
+        _, labels, inertia = kmeans(data, k, n_init=10, random_state=seed)
+        model = KMeans(k, n_init=10, random_state=seed).fit(data)
+        assert inertia <= model.inertia_ * (1 + 1e-3)
+        assert len(np.unique(labels)) == k
+
+
+def test_projection_kmeans_is_reproducible() -> None:
+    data = _projection_like(5)
+    first = kmeans(data, 7, random_state=3)
+    second = kmeans(data, 7, random_state=3)
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+@pytest.mark.parametrize("noise", [1.0, 10.0, 30.0, 60.0])
+def test_planted_checkerboard_consensus_at_least_sklearn(noise) -> None:
+    X, rows, cols = make_checkerboard((400, 150), (4, 3), noise=noise, random_state=0)
+    theirs = sklearn.cluster.SpectralBiclustering((4, 3), random_state=0).fit(X)
+    ours = tb.SpectralBiclustering((4, 3), random_state=0).fit(X)
+    sk_score = consensus_score(theirs.biclusters_, (rows, cols))
+    our_score = consensus_score(ours.biclusters_, (rows, cols))
+    assert our_score >= sk_score - 1e-9, (our_score, sk_score)
+
+
+def test_fit_grid_timed_matches_fit_grid_and_splits_the_time() -> None:
+    X, _, _ = make_checkerboard((300, 90), (3, 3), noise=5, random_state=1)
+    X = X.astype(np.float32)
+    pairs = [(2, 3), (3, 3), (3, 4)]
+    kwargs = {"normalization": "bistochastic", "n_components": 5, "n_best": 3, "settings": tb._Settings(random_state=7)}
+    fits, timings = tb.fit_grid_timed(X, pairs, "biclustering", **kwargs)
+    again, shared = tb._fit_grid(X, pairs, "biclustering", **kwargs)
+    assert set(timings) == {"normalization", "svd", "piecewise", "projections"}
+    assert all(t >= 0 for t in timings.values()) and shared > 0
+    for pair in pairs:
+        np.testing.assert_array_equal(fits[pair][0], again[pair][0])
+        np.testing.assert_array_equal(fits[pair][1], again[pair][1])
+
+
+def test_bistochastic_normalization_takes_sklearns_number_of_scalings() -> None:
+    from sklearn.cluster import _bicluster as sk_bicluster
+
+    X = np.abs(np.random.default_rng(2).standard_normal((200, 50))) + 0.1
+    for max_iter in (1, 3):
+        ours = tb._bistochastic_normalize(X.astype(np.float32), max_iter=max_iter)
+        theirs = sk_bicluster._bistochastic_normalize(X, max_iter=max_iter)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+
+
+def test_same_seed_same_labels_whatever_the_thread_count() -> None:
+    """k-means and the normalization are single-threaded; the labels do not depend on BLAS threads either."""
+    X, _, _ = make_checkerboard((400, 120), (4, 3), noise=20, random_state=3)
+    X = np.abs(X).astype(np.float32)
+    pairs = [(3, 3), (4, 3), (5, 4)]
+    kwargs = {"normalization": "bistochastic", "n_components": 6, "n_best": 3, "settings": tb._Settings(random_state=2)}
+    runs = []
+    for threads in (1, 2, 1):
+        with threadpool_limits(limits=threads):
+            runs.append(tb.fit_grid_timed(X, pairs, "biclustering", **kwargs)[0])
+    for pair in pairs:
+        for run in runs[1:]:
+            np.testing.assert_array_equal(runs[0][pair][0], run[pair][0])
+            np.testing.assert_array_equal(runs[0][pair][1], run[pair][1])

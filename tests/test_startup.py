@@ -1,0 +1,42 @@
+"""Commands that only read the lake start fast: what `tnb --help` and `tnb query` import, in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "prefect", "pandas", "sklearn", "scipy", "numba", "dask")
+
+
+def _imported_after(code: str) -> set[str]:
+    script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_no_heavy_library() -> None:
+    modules = _imported_after("from tnb.cli import build_parser\nbuild_parser().format_help()")
+    assert not modules & {*HEAVY, "numpy", "polars", "pyarrow"}, sorted(modules & {*HEAVY, "numpy", "polars", "pyarrow"})
+
+
+def test_bicluster_choices_still_come_from_the_stage(capsys) -> None:
+    from tnb.bicluster_stage import METHODS
+    from tnb.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bicluster", "--method", "no-such-method"])
+    expected = ", ".join(repr(method) for method in METHODS)
+    assert f"invalid choice: 'no-such-method' (choose from {expected})" in capsys.readouterr().err
+
+
+def test_query_imports_only_what_it_reads_with() -> None:
+    modules = _imported_after("import tnb.analysis_cli, tnb.query")
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))

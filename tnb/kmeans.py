@@ -1,0 +1,360 @@
+"""k-means kernels of the spectral step: exact one-dimensional k-means, and small-d k-means.
+
+Two kernels, compiled with numba (single-threaded, so results do not depend on
+the number of threads):
+
+- :func:`kmeans_1d` solves one-dimensional k-means *exactly* by dynamic
+  programming over the sorted values (Wang & Song 2011, "Ckmeans.1d.dp"),
+  for every k up to ``max(ks)`` in one pass: row ``q`` of the table is the
+  optimum with ``q + 1`` clusters, so each smaller k of a grid is a
+  backtrack, not another fit. The ``ckmeans`` package implements the same
+  algorithm but returns one k per call (three calls for a {6, 9, 12} grid
+  cost ~3x this), so it is written here; the tests check the
+  within-cluster sum of squares against ``ckmeans`` and scikit-learn.
+- :func:`kmeans` is scikit-learn's ``KMeans`` (greedy k-means++ seeding with
+  ``2 + log(k)`` local trials, Lloyd iterations with the same stopping rule,
+  empty clusters moved to the farthest points, best of ``n_init`` by
+  inertia), for the few-dimensional projections of Kluger's method. It is
+  hand-written because scikit-learn spends most of its time in per-centre
+  Python overhead of the seeding on such small problems; the random draws
+  come from NumPy, not from scikit-learn's stream, so labels can differ from
+  scikit-learn's in near-ties while the inertia is as good (tests compare it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["kmeans", "kmeans_1d", "wcss_1d"]
+
+_JIT = {"nogil": True, "cache": True}
+
+
+# --------------------------------------------------------------------------
+# Exact one-dimensional k-means
+# --------------------------------------------------------------------------
+
+
+@numba.njit(**_JIT)
+def _segment_ssq(sum1, sum2, start, stop):
+    """Sum of squares about the mean of sorted values ``start..stop`` (inclusive)."""
+    size = stop - start + 1
+    total = sum1[stop + 1] - sum1[start]
+    value = sum2[stop + 1] - sum2[start] - total * total / size
+    return value if value > 0.0 else 0.0
+
+
+@numba.njit(**_JIT)
+def _dp_table(values, k_max):
+    """Cost and last-cluster start of the optimal q+1 clusters of ``values[:i+1]``, for every q < k_max.
+
+    ``values`` are sorted and centred (float64). The optimal start of the
+    last cluster is nondecreasing in i, so each row is filled by divide and
+    conquer (O(n log n)); a scan stops as soon as the last cluster alone
+    costs more than the best so far, as in Ckmeans.1d.dp.
+    """
+    n = values.shape[0]
+    sum1 = np.zeros(n + 1)
+    sum2 = np.zeros(n + 1)
+    for i in range(n):
+        sum1[i + 1] = sum1[i] + values[i]
+        sum2[i + 1] = sum2[i] + values[i] * values[i]
+    cost = np.full((k_max, n), np.inf)
+    start = np.zeros((k_max, n), dtype=np.int64)
+    for i in range(n):
+        cost[0, i] = _segment_ssq(sum1, sum2, 0, i)
+    stack = np.empty((2 * n + 2, 4), dtype=np.int64)
+    for q in range(1, k_max):
+        top = 0
+        stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = q, n - 1, q, n - 1
+        top = 1
+        while top > 0:
+            top -= 1
+            i_min, i_max, j_min, j_max = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
+            if i_min > i_max:
+                continue
+            i = (i_min + i_max) // 2
+            j_low = max(j_min, q)
+            j_high = min(j_max, i)
+            best = np.inf
+            best_j = j_high
+            for j in range(j_high, j_low - 1, -1):
+                last = _segment_ssq(sum1, sum2, j, i)
+                if last >= best:
+                    break  # the last cluster only grows as it starts earlier
+                candidate = cost[q - 1, j - 1] + last
+                if candidate < best:
+                    best = candidate
+                    best_j = j
+            cost[q, i] = best
+            start[q, i] = best_j
+            stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3] = i_min, i - 1, j_min, best_j
+            stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2], stack[top + 1, 3] = i + 1, i_max, best_j, j_max
+            top += 2
+    return cost, start
+
+
+@numba.njit(**_JIT)
+def _backtrack(start, k, n):
+    """Labels (in sorted order, 0 = lowest values) of the optimal k clusters."""
+    labels = np.empty(n, dtype=np.int64)
+    stop = n - 1
+    for q in range(k - 1, -1, -1):
+        first = start[q, stop] if q > 0 else 0
+        labels[first : stop + 1] = q
+        stop = first - 1
+    return labels
+
+
+def kmeans_1d(vector: np.ndarray, ks) -> dict[int, np.ndarray]:
+    """Exact one-dimensional k-means for every k in ``ks``, from one dynamic programme.
+
+    Parameters
+    ----------
+    vector : ndarray of shape (n,)
+        Finite values.
+    ks : iterable of int
+        Cluster counts, each ``1 <= k <= n``.
+
+    Returns
+    -------
+    dict of int to ndarray of shape (n,), int64
+        Labels per k, numbered in increasing order of the cluster means. Each
+        labelling has the least within-cluster sum of squares of any k-partition.
+    """
+    vector = np.asarray(vector)
+    ks = sorted(set(int(k) for k in ks))
+    n = vector.shape[0]
+    if not ks or ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"every k should be in [1, n={n}]. Got {ks} instead.")
+    order = np.argsort(vector, kind="stable")
+    values = vector[order].astype(np.float64)
+    values -= values[n // 2]  # centred at the median: smaller prefix sums, less cancellation
+    _, start = _dp_table(values, ks[-1])
+    out = {}
+    for k in ks:
+        labels = np.empty(n, dtype=np.int64)
+        labels[order] = _backtrack(start, k, n)
+        out[k] = labels
+    return out
+
+
+def wcss_1d(vector: np.ndarray, labels: np.ndarray) -> float:
+    """Within-cluster sum of squares of a one-dimensional labelling (float64)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    counts = np.bincount(labels)
+    means = np.bincount(labels, weights=vector) / np.maximum(counts, 1)
+    return float(np.sum((vector - means[labels]) ** 2))
+
+
+# --------------------------------------------------------------------------
+# k-means on a few dimensions (scikit-learn's algorithm)
+# --------------------------------------------------------------------------
+
+
+@numba.njit(**_JIT)
+def _sum(values):
+    """Sum with eight running partial sums: vector speed without reassociating (same result on every CPU)."""
+    partial = np.zeros(8)
+    n8 = values.shape[0] - values.shape[0] % 8
+    for i in range(0, n8, 8):
+        for lane in range(8):
+            partial[lane] += values[i + lane]
+    total = 0.0
+    for i in range(n8, values.shape[0]):
+        total += values[i]
+    for lane in range(8):
+        total += partial[lane]
+    return total
+
+
+_BLOCK = 256  # samples per block: the block's scratch stays in L1 cache
+
+
+@numba.njit(**_JIT)
+def _block_sq_dists(features, start, stop, point, out):
+    """``out[i - start] = ||x_i - point||^2`` for ``start <= i < stop``; features of shape (n_features, n)."""
+    size = stop - start
+    for i in range(size):
+        out[i] = 0.0
+    for f in range(features.shape[0]):
+        row = features[f, start:stop]
+        value = point[f]
+        for i in range(size):
+            diff = row[i] - value
+            out[i] += diff * diff
+
+
+@numba.njit(**_JIT)
+def _seed(features, k, n_trials, draws):
+    """Greedy k-means++ (scikit-learn's ``_kmeans_plusplus``); ``draws`` are uniforms in [0, 1)."""
+    n_features, n = features.shape
+    dtype = features.dtype
+    centers = np.empty((k, n_features))
+    first = min(int(draws[0] * n), n - 1)
+    point = features[:, first].copy()
+    centers[0] = point
+    closest = np.empty(n, dtype=dtype)
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        _block_sq_dists(features, start, stop, point, closest[start:stop])
+    cumulative = np.empty(n)
+    candidate = np.empty(n, dtype=dtype)
+    best_closest = np.empty(n, dtype=dtype)
+    for c in range(1, k):
+        total = 0.0
+        for i in range(n):
+            total += closest[i]
+            cumulative[i] = total
+        best_pot = np.inf
+        best_index = 0
+        for t in range(n_trials):
+            index = min(np.searchsorted(cumulative, draws[1 + (c - 1) * n_trials + t] * total), n - 1)
+            point[:] = features[:, index]
+            for start in range(0, n, _BLOCK):
+                stop = min(start + _BLOCK, n)
+                block = candidate[start:stop]
+                _block_sq_dists(features, start, stop, point, block)
+                nearest = closest[start:stop]
+                for i in range(stop - start):
+                    block[i] = min(block[i], nearest[i])
+            pot = _sum(candidate)
+            if pot < best_pot:
+                best_pot = pot
+                best_index = index
+                best_closest[:] = candidate
+        centers[c] = features[:, best_index]
+        closest[:] = best_closest
+    return centers
+
+
+@numba.njit(**_JIT)
+def _assign(features, centers, labels, distances, scratch):
+    """Nearest centre of every point (ties to the lower index); returns how many labels changed."""
+    n = features.shape[1]
+    centers = centers.astype(features.dtype)  # distances in the data's precision, as scikit-learn
+    changed = 0
+    best_label = np.empty(_BLOCK, dtype=np.int32)  # as wide as float32 distances: the select vectorizes
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        size = stop - start
+        best = distances[start:stop]
+        best[:] = np.inf
+        for c in range(centers.shape[0]):
+            _block_sq_dists(features, start, stop, centers[c], scratch)
+            for i in range(size):
+                closer = scratch[i] < best[i]
+                best[i] = scratch[i] if closer else best[i]
+                best_label[i] = np.int32(c) if closer else best_label[i]
+        block_labels = labels[start:stop]
+        for i in range(size):
+            changed += best_label[i] != block_labels[i]
+            block_labels[i] = best_label[i]
+    return changed
+
+
+@numba.njit(**_JIT)
+def _update(features, labels, distances, centers):
+    """Centre means; an empty cluster takes the point farthest from its centre (as scikit-learn)."""
+    k, n_features = centers.shape
+    n = features.shape[1]
+    sums = np.zeros((k, n_features))
+    counts = np.zeros(k, dtype=np.int64)
+    for i in range(n):
+        counts[labels[i]] += 1
+    for f in range(n_features):
+        row = features[f]
+        for i in range(n):
+            sums[labels[i], f] += row[i]
+    n_empty = 0
+    for c in range(k):
+        if counts[c] == 0:
+            n_empty += 1
+    if n_empty > 0:
+        far = np.argsort(-distances, kind="mergesort")[:n_empty]
+        e = 0
+        for c in range(k):
+            if counts[c] == 0:
+                i = far[e]
+                e += 1
+                old = labels[i]
+                counts[old] -= 1
+                for f in range(n_features):
+                    sums[old, f] -= features[f, i]
+                    sums[c, f] = features[f, i]
+                counts[c] = 1
+                labels[i] = c
+    new = np.empty((k, n_features))
+    for c in range(k):
+        for f in range(n_features):
+            new[c, f] = sums[c, f] / counts[c] if counts[c] > 0 else centers[c, f]
+    return new
+
+
+@numba.njit(**_JIT)
+def _lloyd(features, centers, max_iter, tol):
+    """scikit-learn's Lloyd loop: stop on unchanged labels or a total squared centre shift <= tol."""
+    n = features.shape[1]
+    labels = np.full(n, -1, dtype=np.int32)
+    distances = np.empty(n, dtype=features.dtype)
+    scratch = np.empty(_BLOCK, dtype=features.dtype)
+    strict = False
+    for _ in range(max_iter):
+        if _assign(features, centers, labels, distances, scratch) == 0:
+            strict = True
+            break
+        new = _update(features, labels, distances, centers)
+        shift = 0.0
+        for c in range(centers.shape[0]):
+            for f in range(centers.shape[1]):
+                diff = new[c, f] - centers[c, f]
+                shift += diff * diff
+        centers = new
+        if shift <= tol:
+            break
+    if not strict:
+        _assign(features, centers, labels, distances, scratch)
+    return centers, labels, _sum(distances)
+
+
+def kmeans(
+    data: np.ndarray, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4, random_state=None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """k-means (greedy k-means++, Lloyd), best of ``n_init`` runs by inertia, single-threaded.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_samples, n_features)
+    n_clusters : int
+        ``1 <= n_clusters <= n_samples``.
+    n_init, max_iter, tol : int, int, float
+        As in :class:`sklearn.cluster.KMeans` (``tol`` is relative to the mean feature variance).
+    random_state : int, RandomState instance or None
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features), float64
+    labels : ndarray of shape (n_samples,), int32
+    inertia : float
+    """
+    from sklearn.utils import check_random_state
+
+    data = np.asarray(data)
+    dtype = np.float32 if data.dtype == np.float32 else np.float64  # float32 data: float32 distances, as scikit-learn
+    features = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
+    n_samples = features.shape[1]
+    if not 1 <= n_clusters <= n_samples:
+        raise ValueError(f"n_clusters should be in [1, n_samples={n_samples}]. Got {n_clusters} instead.")
+    rng = check_random_state(random_state)
+    n_trials = 2 + int(math.log(n_clusters))
+    tol = float(np.mean(np.var(features, axis=1))) * tol
+    best = None
+    for _ in range(n_init):
+        draws = rng.uniform(size=1 + (n_clusters - 1) * n_trials)
+        centers, labels, inertia = _lloyd(features, _seed(features, n_clusters, n_trials, draws), max_iter, tol)
+        if best is None or inertia < best[2]:
+            best = (centers, labels, inertia)
+    return best

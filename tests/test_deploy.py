@@ -93,7 +93,7 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         params = {
             "lake": str(lake), "models": [str(tiny_gpt2_dir)], "max_tokens": 256, "seq_len": 64,
             "row_ks": [2, 3], "col_ks": [2], "n_permutations": 20, "serial": True,
-            "stages": ["extract", "bicluster"], "progress": False,
+            "stages": ["extract", "bicluster"], "progress": False, "control": False,  # no untrained twin
         }
         prefect("deployment", "run", "tnb-pipeline/quickstart", "--params", json.dumps(params))
         worker = subprocess.run(
@@ -111,6 +111,7 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         assert states == ["COMPLETED"], f"{states}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
         metrics = Lake(lake).scan("metrics").collect()
         assert metrics.height == 3 * 2 and metrics["selected"].sum() == 3
+        assert metrics["model"].unique().to_list() == ["tiny-gpt2"]  # control=False went through
     finally:
         server.terminate()
         try:

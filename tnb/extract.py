@@ -50,7 +50,7 @@ from tnb.models import (
     model_record,
 )
 from tnb.schemas import MODELS, activations_schema
-from tnb.tokens import Wrapping
+from tnb.tokens import Wrapping, special_wrapping
 
 
 @dataclass(frozen=True)
@@ -117,33 +117,39 @@ def _source(spec: ModelSpec) -> str:
     return str(Path(spec.source) / spec.gguf_file) if spec.gguf_file else spec.source
 
 
-def _identity(spec: ModelSpec) -> dict[str, Any]:
-    """What makes a model's partitions what they are, beyond its name (a partition's config)."""
-    identity: dict[str, Any] = {"source": _source(spec)}
+def model_identity(spec: ModelSpec, stream: str, wrapping: Wrapping, special_tokens: str) -> dict[str, Any]:
+    """What makes a model's partitions what they are, beyond its name: their config in the lake.
+
+    The wrapping is named only when there is one, so partitions of unwrapped models (GPT-2)
+    made before special tokens were recorded stay valid.
+    """
+    identity: dict[str, Any] = {"source": _source(spec), "stream": stream}
     if not spec.trained:
         identity.update(trained=False, twin_of=spec.twin_of, init_seed=spec.seed)
+    if wrapping.prefix or wrapping.suffix:
+        identity["special_tokens"] = special_tokens
     return identity
 
 
 def register_model(
-    lake: Lake, spec: ModelSpec, arch: Architecture, stream: str, special_tokens: str, overwrite: bool = False
+    lake: Lake, spec: ModelSpec, arch: Architecture, identity: dict[str, Any], special_tokens: str,
+    overwrite: bool = False,
 ) -> None:
     """Record which stream a model's activations are aligned to, and how (the ``models`` table)."""
     key = partition_key("models", model=spec.name)
-    config = {**_identity(spec), "stream": stream, "special_tokens": special_tokens}
-    if not overwrite and lake.is_complete(key, config):
-        return
+    if not overwrite and lake.is_complete(key, identity) and lake.read(key).schema.names == MODELS.names:
+        return  # (a row written before the table gained columns is rewritten in the current schema)
     row = {
         "source": _source(spec),
         "architecture": arch.model_type,
-        "stream": stream,
+        "stream": identity["stream"],
         "n_layers": arch.n_layers,
         "d_resid": arch.d_resid,
         "d_mlp": arch.d_mlp,
         "special_tokens": special_tokens,
         **model_record(spec),
     }
-    lake.write_table(key, pa.Table.from_pylist([row], schema=MODELS), config, overwrite=True)
+    lake.write_table(key, pa.Table.from_pylist([row], schema=MODELS), identity, overwrite=True)
 
 
 @contextlib.contextmanager
@@ -209,8 +215,6 @@ def extract_activations(
     the tokenizer's special tokens (``add_bos``: also a BOS where it puts none, e.g.
     ``<|endoftext|>`` for GPT-2); only content positions are stored.
     """
-    from tnb.tokens import special_wrapping
-
     if batch_size < 1:
         raise ModelError(f"batch_size should be >= 1. Got {batch_size} instead.")
     if dtype not in ("float16", "float32"):
@@ -231,10 +235,9 @@ def extract_activations(
     except ValueError as error:
         raise ModelError(str(error)) from None
     special_tokens = wrapping.template(tokenizer)
-    register_model(lake, spec, arch, stream, special_tokens, overwrite=overwrite)
-    config = {**_identity(spec), "stream": stream, "dtype": dtype}
-    if wrapping.prefix or wrapping.suffix:  # unwrapped partitions keep their earlier config
-        config["special_tokens"] = special_tokens
+    identity = model_identity(spec, stream, wrapping, special_tokens)
+    register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite)
+    config = {**identity, "dtype": dtype}
     todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config)]
     skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
     if todo:

@@ -229,10 +229,11 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
 
 def model_record(spec: ModelSpec) -> dict[str, Any]:
     """What the ``models`` table says about where the weights came from."""
-    quantization = gguf_metadata(Path(spec.source) / spec.gguf_file)["quantization"] if spec.gguf_file else None
+    from_gguf = bool(spec.gguf_file) and spec.trained  # a twin reads no weights from the file
+    quantization = gguf_metadata(Path(spec.source) / spec.gguf_file)["quantization"] if from_gguf else None
     return {
         "quantization": quantization,
-        "dequantized": bool(spec.gguf_file) and spec.trained,
+        "dequantized": from_gguf,
         "trained": spec.trained,
         "twin_of": spec.twin_of,
         "init_seed": spec.seed,

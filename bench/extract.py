@@ -13,6 +13,10 @@ is also measured at a quarter of the tokens, to show whether it grows with layer
 
     python bench/extract.py                       # GPT-2-small shape (12 x 768), random weights
     python bench/extract.py --model minilm        # the offline pretrained model
+    python bench/extract.py --model smollm2 --max-tokens 4096   # the GGUF decoder (30 layers)
+
+tnb's tokens/s leaves out loading the model (timed separately as ``load_s``: a GGUF
+checkpoint is dequantised on load), as the study's does.
 """
 
 from __future__ import annotations
@@ -59,8 +63,8 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
     stream = ensure_token_stream(Lake(lake), None, name, tokenizer, max_tokens, seq_len)
     tokens = Lake(lake).read(partition_key("tokens", stream=stream))
     token_ids, seq_ids = tokens["token_id"].to_numpy(), tokens["seq_id"].to_numpy()
-    head_class = AutoModelForCausalLM if load_config(spec).model_type == "gpt2" else AutoModelForMaskedLM
-    lm = head_class.from_pretrained(spec.source).eval()
+    head_class = AutoModelForMaskedLM if load_config(spec).model_type == "bert" else AutoModelForCausalLM
+    lm = head_class.from_pretrained(spec.source, **spec.load_kwargs()).eval()
     start = time.perf_counter()
     layers: dict[int, list] = {}
     with torch.no_grad():
@@ -76,6 +80,7 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
 
 
 def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+    import tnb.extract
     from tnb.extract import ensure_token_stream, extract_activations
     from tnb.lake import Lake
     from tnb.models import load_tokenizer, resolve_model
@@ -84,12 +89,22 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
     name, tokenizer = load_tokenizer(spec)
     target = Lake(lake)
     stream = ensure_token_stream(target, None, name, tokenizer, max_tokens, seq_len)
+    load_model, load_seconds = tnb.extract.load_model, []
+
+    def timed_load(*args, **kwargs):  # the model load is reported apart from the pass
+        begin = time.perf_counter()
+        loaded = load_model(*args, **kwargs)
+        load_seconds.append(time.perf_counter() - begin)
+        return loaded
+
+    tnb.extract.load_model = timed_load
     start = time.perf_counter()
     result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - sum(load_seconds)
     files = list((Path(lake) / "activations").rglob("*.parquet"))
     n_values = sum(target.read_layer(spec.name, "resid", layer).size for layer in range(result.n_layers + 1))
-    return {"seconds": seconds, "bytes": sum(f.stat().st_size for f in files), "values": n_values, "tokens": max_tokens}
+    return {"seconds": seconds, "load_s": sum(load_seconds), "bytes": sum(f.stat().st_size for f in files),
+            "values": n_values, "tokens": max_tokens}
 
 
 def run_child(argv: list[str]) -> dict:

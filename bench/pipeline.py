@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ks = tuple(int(k) for k in args.ks.split(","))
 
-    from flows.bicluster import bicluster_flow
     from flows.cli import prefect_api
     from flows.pipeline import pipeline_flow
 

@@ -193,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             lake=args.lake, models=models, corpus=args.corpus, hub_config=args.corpus_config, max_tokens=args.max_tokens,
             seq_len=args.seq_len, sites=args.sites, layers=args.layers, batch_size=args.batch_size,
             text_column=args.text_column, max_documents=args.max_documents, report_dir=args.report_dir,
-            stages=args.stages, overwrite=args.overwrite, **kwargs,
+            stages=args.stages, overwrite=args.overwrite, control=args.control, add_bos=args.bos, **kwargs,
         )
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
     print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(args.lake).absolute()}")
@@ -276,6 +276,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
     run.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
     run.add_argument("--report-dir", default="report", help="where the report goes (default: %(default)s)")
+    run.add_argument("--no-control", dest="control", action="store_false",
+                     help="skip each model's untrained twin (<model>-untrained, run by default as the control)")
+    run.add_argument("--bos", action="store_true",
+                     help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
     run.add_argument("--stages", nargs="+", choices=("extract", "bicluster", "analyze"),
                      default=["extract", "bicluster", "analyze"], help="run only these stages")
     _add_bicluster_args(run)

@@ -8,7 +8,7 @@ from prefect import flow, task
 
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake
-from tnb.models import load_tokenizer, resolve_model
+from tnb.models import DEFAULT_TWIN_SEED, load_tokenizer, resolve_model, untrained_twin
 
 
 @task(name="tokenize", retries=1, retry_delay_seconds=2)
@@ -43,10 +43,19 @@ def extract_task(
     dtype: str,
     overwrite: bool,
     progress: bool,
+    untrained: bool = False,
+    twin_seed: int = DEFAULT_TWIN_SEED,
+    add_bos: bool = False,
 ) -> dict:
-    """Publish one activations partition per (site, layer); complete ones are skipped."""
+    """Publish one activations partition per (site, layer); complete ones are skipped.
+
+    ``untrained``: the model's random-initialised twin (``<model>-untrained``) instead.
+    """
+    spec = resolve_model(model)
+    if untrained:
+        spec = untrained_twin(spec, twin_seed)
     result = extract_activations(
-        Lake(lake), resolve_model(model), stream, sites, layers, batch_size, dtype, overwrite, progress=progress
+        Lake(lake), spec, stream, sites, layers, batch_size, dtype, overwrite, progress=progress, add_bos=add_bos
     )
     return {
         "model": result.model,
@@ -89,9 +98,19 @@ def extract_flow(
     max_documents: int | None = None,
     progress: bool = True,
     hub_config: str | None = None,
+    untrained: bool = False,
+    twin_seed: int = DEFAULT_TWIN_SEED,
+    add_bos: bool = False,
 ) -> dict:
-    """Tokenize (once per corpus and tokenizer) and extract every requested layer of ``model``."""
+    """Tokenize (once per corpus and tokenizer) and extract every requested layer of ``model``.
+
+    ``untrained`` extracts the model's untrained twin (same config and tokenizer, weights
+    drawn under ``torch.manual_seed(twin_seed)``), stored as ``<model>-untrained``;
+    ``add_bos`` puts the tokenizer's BOS before every sequence where it puts none (GPT-2).
+    """
     stream = tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite, hub_config)
-    result = extract_task(lake, model, stream, tuple(sites), layers, batch_size, dtype, overwrite, progress)
-    print(f"{model}: {len(result['written'])} partitions written, {len(result['skipped'])} already complete")
+    result = extract_task(
+        lake, model, stream, tuple(sites), layers, batch_size, dtype, overwrite, progress, untrained, twin_seed, add_bos
+    )
+    print(f"{result['model']}: {len(result['written'])} partitions written, {len(result['skipped'])} already complete")
     return result

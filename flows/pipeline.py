@@ -34,6 +34,7 @@ STUDY = {
     "max_tokens": 20_000,
     "seq_len": 128,
     "sites": ("resid",),
+    "control": True,  # also run each model's untrained twin (<model>-untrained)
 }
 
 
@@ -149,6 +150,8 @@ def pipeline_flow(
     stages: Sequence[str] = STAGES,
     overwrite: bool = False,
     progress: bool = True,
+    control: bool = STUDY["control"],
+    add_bos: bool = False,
 ) -> dict[str, Any]:
     """Run the study: extract every model's activations, bicluster every layer, write the report.
 
@@ -185,6 +188,13 @@ def pipeline_flow(
         Which stages to run (each reads what the earlier ones left in the lake).
     overwrite : bool
         Redo complete partitions.
+    control : bool
+        Also extract, bicluster and report every model's untrained twin, ``<model>-untrained``
+        (same config and tokenizer, weights initialised under ``torch.manual_seed(seed)``):
+        what the trained model has and its twin does not is what training made.
+    add_bos : bool
+        Put the tokenizer's BOS before every sequence where its ``__call__`` puts none
+        (GPT-2: ``<|endoftext|>``); BERT always gets ``[CLS] ... [SEP]``.
 
     Returns
     -------
@@ -199,22 +209,25 @@ def pipeline_flow(
     params = BiclusterParams.from_mapping(bicluster or {})
     outcome: dict[str, Any] = {"seconds": {}}
     model_names: list[str] = []
+    twins = (False, True) if control else (False,)
     if "extract" in stages:
         start = time.perf_counter()
         outcome["extract"] = [
             extract_flow(
                 lake=lake, model=model, corpus=corpus, hub_config=hub_config, max_tokens=max_tokens, seq_len=seq_len, sites=tuple(sites),
                 layers=layers, batch_size=batch_size, overwrite=overwrite, text_column=text_column,
-                max_documents=max_documents, progress=progress,
+                max_documents=max_documents, progress=progress, untrained=untrained, twin_seed=params.seed, add_bos=add_bos,
             )
             for model in models
+            for untrained in twins
         ]
         model_names = [result["model"] for result in outcome["extract"]]
         outcome["seconds"]["extract"] = time.perf_counter() - start
     else:
-        from tnb.models import resolve_model
+        from tnb.models import resolve_model, untrained_twin
 
-        model_names = [resolve_model(model).name for model in models]
+        specs = [resolve_model(model) for model in models]
+        model_names = [untrained_twin(spec, params.seed).name if untrained else spec.name for spec in specs for untrained in twins]
     if "bicluster" in stages:
         start = time.perf_counter()
         outcome["bicluster"] = bicluster_flow(

@@ -113,6 +113,7 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         assert states == ["COMPLETED"], f"{states}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
         metrics = Lake(lake).scan("metrics").collect()
         assert metrics.height == 3 * 2 and metrics["selected"].sum() == 3
+        assert metrics["model"].unique().to_list() == ["tiny-gpt2"]  # control=False went through
     finally:
         server.terminate()
         try:

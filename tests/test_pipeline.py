@@ -65,7 +65,7 @@ def pipeline_run(prefect_server: str, tiny_gpt2_dir: Path, tmp_path_factory: pyt
     base = tmp_path_factory.mktemp("pipeline")
     outcome = pipeline_flow(
         lake=str(base / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=N_TOKENS, seq_len=SEQ_LEN,
-        serial=True, report_dir=str(base / "report"), progress=False, **PARAMS,
+        serial=True, report_dir=str(base / "report"), progress=False, control=False, **PARAMS,
     )
     return {"lake": Lake(base / "lake"), "report": base / "report", "outcome": outcome}
 
@@ -134,6 +134,29 @@ def test_pipeline_end_to_end(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:
     assert (pipeline_run["report"] / "index.html").exists()
     assert (pipeline_run["report"] / "figures" / "emergence.png").exists()
     assert set(outcome["analyze"]["artifacts"]) == {"tnb-metrics", "tnb-emergence", "tnb-report", "tnb-top-tokens"}
+
+
+def test_control_twin_runs_by_default(prefect_server: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """Without control=False every model gets its untrained twin, extracted and biclustered beside it.
+
+    seed=1: the tiny fixture itself was initialised under torch.manual_seed(0).
+    """
+    from flows.pipeline import pipeline_flow
+
+    outcome = pipeline_flow(
+        lake=str(tmp_path / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=128, seq_len=64, layers=[2],
+        serial=True, stages=["extract", "bicluster"], progress=False, **{**PARAMS, "n_permutations": 10, "seed": 1},
+    )
+    assert [result["model"] for result in outcome["extract"]] == ["tiny-gpt2", "tiny-gpt2-untrained"]
+    lake = Lake(tmp_path / "lake")
+    models = lake.scan("models").collect().sort("model")
+    assert models.select("model", "trained", "twin_of", "init_seed").rows() == [
+        ("tiny-gpt2", True, None, None), ("tiny-gpt2-untrained", False, "tiny-gpt2", 1),
+    ]
+    assert models["stream"].n_unique() == 1  # one token stream: the twin has its model's tokenizer
+    assert sorted(lake.scan("metrics").collect()["model"].unique()) == ["tiny-gpt2", "tiny-gpt2-untrained"]
+    trained, twin = (lake.read_layer(name, "resid", 2) for name in ("tiny-gpt2", "tiny-gpt2-untrained"))
+    assert trained.shape == twin.shape and not np.allclose(trained, twin)
 
 
 def test_artifacts_are_on_the_server(pipeline_run: dict) -> None:

@@ -35,6 +35,12 @@ from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, Bicl
 from tnb.schemas import LABELS, METRICS
 
 __all__ = [
+    "INPUTS",
+    "METHODS",
+    "NULLS",
+    "SELECTION_RULES",
+    "STATISTICS",
+    "StageError",
     "BiclusterParams",
     "PartitionOutcome",
     "bicluster_partition",

@@ -88,6 +88,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             layers=args.layers,
             batch_size=args.batch_size,
             dtype=args.dtype,
+            untrained=args.untrained,
+            twin_seed=args.twin_seed,
+            add_bos=args.bos,
         )
     print(
         f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "
@@ -116,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
     extract.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
     extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
+    extract.add_argument("--untrained", action="store_true",
+                         help="extract the model's untrained twin instead, stored as <model>-untrained")
+    extract.add_argument("--twin-seed", type=int, default=0, help="torch seed of the twin's weights (default: %(default)s)")
+    extract.add_argument("--bos", action="store_true",
+                         help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
     extract.set_defaults(func=_cmd_extract)
 
     for module_name in ("flows.cli", "tnb.analysis_cli"):

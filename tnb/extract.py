@@ -10,7 +10,14 @@ Sites and layer numbers (one place that maps ``hidden_states`` to layers):
 ``mlp``
     Block i's MLP neurons after the activation function (i = 1..n_layers), 4 x hidden
     wide for GPT-2 and BERT, captured by a forward pre-hook on the MLP's down projection.
-    Hooks are always removed, also on error.
+    For a gated MLP (Llama, SmolLM2) that input is ``act(gate_proj x) * up_proj x``
+    (``intermediate_size`` wide, 1,536 for SmolLM2). Hooks are always removed, also on error.
+
+Special tokens: every sequence is wrapped as the model's tokenizer wraps a text
+(:func:`tnb.tokens.special_wrapping`: BERT ``[CLS] ... [SEP]``, a BOS for Llama tokenizers
+that add one, nothing for GPT-2 unless ``add_bos``); only the content positions are stored,
+so every model with one tokenizer has the same rows, and the ``models`` table records the
+wrapping.
 
 Peak memory is one batch of every layer (``batch_size x seq_len x (n_layers + 1) x width``),
 never layers x tokens: each batch is appended as a row group to one staged Parquet file
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,8 +47,10 @@ from tnb.models import (
     load_model,
     load_tokenizer,
     mlp_module_name,
+    model_record,
 )
 from tnb.schemas import MODELS, activations_schema
+from tnb.tokens import Wrapping, special_wrapping
 
 
 @dataclass(frozen=True)
@@ -103,21 +113,43 @@ def ensure_token_stream(
     return stream
 
 
-def register_model(lake: Lake, spec: ModelSpec, arch: Architecture, stream: str, overwrite: bool = False) -> None:
-    """Record which stream a model's activations are aligned to (the ``models`` table)."""
+def _source(spec: ModelSpec) -> str:
+    return str(Path(spec.source) / spec.gguf_file) if spec.gguf_file else spec.source
+
+
+def model_identity(spec: ModelSpec, stream: str, wrapping: Wrapping, special_tokens: str) -> dict[str, Any]:
+    """What makes a model's partitions what they are, beyond its name: their config in the lake.
+
+    The wrapping is named only when there is one, so partitions of unwrapped models (GPT-2)
+    made before special tokens were recorded stay valid.
+    """
+    identity: dict[str, Any] = {"source": _source(spec), "stream": stream}
+    if not spec.trained:
+        identity.update(trained=False, twin_of=spec.twin_of, init_seed=spec.seed)
+    if wrapping.prefix or wrapping.suffix:
+        identity["special_tokens"] = special_tokens
+    return identity
+
+
+def register_model(
+    lake: Lake, spec: ModelSpec, arch: Architecture, identity: dict[str, Any], special_tokens: str,
+    overwrite: bool = False,
+) -> None:
+    """Record which stream a model's activations are aligned to, and how (the ``models`` table)."""
     key = partition_key("models", model=spec.name)
-    config = {"source": spec.source, "stream": stream}
-    if not overwrite and lake.is_complete(key, config):
-        return
+    if not overwrite and lake.is_complete(key, identity) and lake.read(key).schema.names == MODELS.names:
+        return  # (a row written before the table gained columns is rewritten in the current schema)
     row = {
-        "source": [spec.source],
-        "architecture": [arch.model_type],
-        "stream": [stream],
-        "n_layers": [arch.n_layers],
-        "d_resid": [arch.d_resid],
-        "d_mlp": [arch.d_mlp],
+        "source": _source(spec),
+        "architecture": arch.model_type,
+        "stream": identity["stream"],
+        "n_layers": arch.n_layers,
+        "d_resid": arch.d_resid,
+        "d_mlp": arch.d_mlp,
+        "special_tokens": special_tokens,
+        **model_record(spec),
     }
-    lake.write_table(key, pa.table(row, schema=MODELS), config, overwrite=True)
+    lake.write_table(key, pa.Table.from_pylist([row], schema=MODELS), identity, overwrite=True)
 
 
 @contextlib.contextmanager
@@ -174,11 +206,14 @@ def extract_activations(
     overwrite: bool = False,
     device: str = "auto",
     progress: bool = True,
+    add_bos: bool = False,
 ) -> ExtractResult:
     """Run the model over the stream and publish one partition per (site, layer).
 
     Complete partitions made with the same config are skipped (the model is not even
-    loaded when nothing is missing); ``overwrite`` redoes them.
+    loaded when nothing is missing); ``overwrite`` redoes them. Sequences are wrapped in
+    the tokenizer's special tokens (``add_bos``: also a BOS where it puts none, e.g.
+    ``<|endoftext|>`` for GPT-2); only content positions are stored.
     """
     if batch_size < 1:
         raise ModelError(f"batch_size should be >= 1. Got {batch_size} instead.")
@@ -194,12 +229,19 @@ def extract_activations(
             mlp_module_name(arch.model_type, 1)  # fails early for unsupported architectures
         for layer in check_layers(arch, site, None if layers is None else list(layers), spec.name):
             wanted.append((site, layer, partition_key("activations", model=spec.name, site=site, layer=layer)))
-    register_model(lake, spec, arch, stream, overwrite=overwrite)
-    config = {"source": spec.source, "stream": stream, "dtype": dtype}
+    _, tokenizer = load_tokenizer(spec)
+    try:
+        wrapping = special_wrapping(tokenizer, add_bos=add_bos)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
+    special_tokens = wrapping.template(tokenizer)
+    identity = model_identity(spec, stream, wrapping, special_tokens)
+    register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite)
+    config = {**identity, "dtype": dtype}
     todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config)]
     skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
     if todo:
-        _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress)
+        _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping)
     return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped)
 
 
@@ -214,6 +256,7 @@ def _run_model(
     dtype: str,
     device: str,
     progress: bool,
+    wrapping: Wrapping,
 ) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -238,7 +281,8 @@ def _run_model(
         )
         with torch.inference_mode():
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
-                input_ids = torch.from_numpy(ids.astype(np.int64)).to(device)
+                content = wrapping.content(ids.shape[1])
+                input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
                 output = model(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
@@ -249,5 +293,6 @@ def _run_model(
                     raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")
                 for (site, layer), out in writers.items():
                     values = hidden[layer] if site == "resid" else captured[mlp_names[layer]]
+                    values = values[:, content]  # special positions are fed, not stored
                     out.write(_activation_table(pos, values, arch.width(site), out.schema, dtype))
                 bar.update(len(pos))

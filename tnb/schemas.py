@@ -41,6 +41,14 @@ MODELS = pa.schema(
         ("n_layers", pa.int32()),  # transformer blocks; resid layers are 0..n_layers
         ("d_resid", pa.int32()),
         ("d_mlp", pa.int32()),
+        # how each sequence was wrapped for the model, e.g. "[CLS] {content} [SEP]"; the
+        # special positions are fed to the model but never stored (content positions only)
+        ("special_tokens", pa.string()),
+        ("quantization", pa.string()),  # GGUF quantisation (e.g. "Q4_1"); null for float checkpoints
+        ("dequantized", pa.bool_()),  # weights were dequantised to float32 on load
+        ("trained", pa.bool_()),  # False for an untrained (random-initialised) twin
+        ("twin_of", pa.string()),  # the trained model a twin copies the config of; null otherwise
+        ("init_seed", pa.int64()),  # torch seed of a twin's initialisation; null otherwise
     ]
 )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,3 +157,60 @@ def build_token_stream(
         "token": _readable_tokens(tokenizer, token_ids),
     }
     return pa.Table.from_pydict(columns, schema=TOKENS)
+
+
+#: Text whose tokenization shows where a tokenizer's ``__call__`` puts its special tokens.
+_PROBE_TEXT = "The cat sat on the mat."
+
+
+@dataclass(frozen=True)
+class Wrapping:
+    """Special tokens put around every sequence, as the model's tokenizer puts them.
+
+    The stream holds content positions only, identical for every model with the same
+    tokenizer; the wrapping is added at extraction time and its positions are fed to the
+    model but not stored, so they never enter a tokens x neurons matrix.
+    """
+
+    prefix: tuple[int, ...]  # e.g. (101,) = [CLS] for BERT, (bos,) for a Llama tokenizer
+    suffix: tuple[int, ...]  # e.g. (102,) = [SEP] for BERT
+
+    def apply(self, token_ids: np.ndarray) -> np.ndarray:
+        """Wrap every row of ``token_ids`` (shape (n_sequences, seq_len)) in the special tokens."""
+        n_rows = token_ids.shape[0]
+        prefix = np.tile(np.asarray(self.prefix, dtype=token_ids.dtype), (n_rows, 1))
+        suffix = np.tile(np.asarray(self.suffix, dtype=token_ids.dtype), (n_rows, 1))
+        return np.concatenate([prefix, token_ids, suffix], axis=1)
+
+    def content(self, seq_len: int) -> slice:
+        """Where the content positions sit in a wrapped sequence of ``seq_len`` content tokens."""
+        return slice(len(self.prefix), len(self.prefix) + seq_len)
+
+    def template(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        """Readable form for the models table: ``"[CLS] {content} [SEP]"``."""
+        parts = [*tokenizer.convert_ids_to_tokens(list(self.prefix)), "{content}"]
+        return " ".join([*parts, *tokenizer.convert_ids_to_tokens(list(self.suffix))])
+
+
+def special_wrapping(tokenizer: PreTrainedTokenizerBase, add_bos: bool = False) -> Wrapping:
+    """The special tokens the tokenizer's own ``__call__`` puts around a text.
+
+    BERT gives ``[CLS] ... [SEP]``, a Llama tokenizer that adds a BOS gives ``<s> ...``,
+    GPT-2 gives nothing (as the study ran it). ``add_bos`` prepends the tokenizer's
+    ``bos_token`` when ``__call__`` puts nothing first (GPT-2: ``<|endoftext|>``).
+    """
+    plain = _encode(tokenizer, _PROBE_TEXT)
+    full = list(tokenizer(_PROBE_TEXT)["input_ids"])
+    starts = [i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain]
+    if not starts:
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} changes the text's tokens when it adds special tokens; "
+            "cannot tell where its special tokens go"
+        )
+    start = starts[0]
+    prefix, suffix = tuple(full[:start]), tuple(full[start + len(plain) :])
+    if add_bos and not prefix:
+        if tokenizer.bos_token_id is None:
+            raise ValueError(f"add_bos: tokenizer {tokenizer.name_or_path!r} has no bos_token")
+        prefix = (int(tokenizer.bos_token_id),)
+    return Wrapping(tuple(int(i) for i in prefix), tuple(int(i) for i in suffix))

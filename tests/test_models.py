@@ -179,6 +179,87 @@ def test_gguf_of_an_unloadable_architecture_is_one_line(tmp_path: Path, capsys: 
     assert not (tmp_path / "lake").exists() or not any((tmp_path / "lake").glob("activations/*"))
 
 
+def _write_tiny_llama(path: Path, n_layers: int = 2, width: int = 32, d_mlp: int = 48, n_heads: int = 4) -> Path:
+    """A 2-block Llama GGUF (float32 tensors, random weights) with the GPT-2 vocabulary as its tokenizer."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    vocab = json.loads((gpt2_tokenizer_dir() / "vocab.json").read_text())
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [line for line in (gpt2_tokenizer_dir() / "merges.txt").read_text().splitlines()[1:] if line]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_context_length(256)
+    writer.add_embedding_length(width)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(d_mlp)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(width // n_heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(50256)
+    writer.add_eos_token_id(50256)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), width))
+    for block in range(n_layers):
+        for name in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{block}.{name}.weight", np.ones(width, np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{block}.{name}.weight", weight(width, width))
+        writer.add_tensor(f"blk.{block}.ffn_gate.weight", weight(d_mlp, width))
+        writer.add_tensor(f"blk.{block}.ffn_up.weight", weight(d_mlp, width))
+        writer.add_tensor(f"blk.{block}.ffn_down.weight", weight(width, d_mlp))
+    writer.add_tensor("output_norm.weight", np.ones(width, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf is not installed")
+def test_gguf_made_here_extracts_like_its_own_hidden_states(tmp_path: Path) -> None:
+    """``--model FILE.gguf`` on a tiny Llama written in the test: resid and gated-MLP neurons, and its twin."""
+    spec = resolve_model(str(_write_tiny_llama(tmp_path / "tiny-llama.gguf")))
+    assert (spec.name, spec.gguf_file) == ("tiny-llama", "tiny-llama.gguf")
+    lake = Lake(tmp_path / "lake")
+    result = _extract(lake, spec, sites=("resid", "mlp"), max_tokens=128, seq_len=64)
+    assert result.stream == "enwiki_sample.gpt2.128x64"  # its vocabulary is GPT-2's: the shared stream
+    record = lake.read(partition_key("models", model="tiny-llama")).to_pylist()[0]
+    assert (record["architecture"], record["d_mlp"], record["quantization"], record["dequantized"]) == ("llama", 48, "F32", True)
+    ids = torch.from_numpy(lake.read(partition_key("tokens", stream=result.stream))["token_id"].to_numpy().reshape(2, 64).astype(np.int64))
+    model = load_model(spec)
+    gated: dict[int, torch.Tensor] = {}
+    handles = [
+        model.layers[block].mlp.register_forward_pre_hook(
+            lambda m, args, block=block: gated.__setitem__(block + 1, m.act_fn(m.gate_proj(args[0])) * m.up_proj(args[0]))
+        )
+        for block in range(2)
+    ]
+    with torch.no_grad():
+        states = model(ids, output_hidden_states=True).hidden_states
+    for handle in handles:
+        handle.remove()
+    for layer in (0, 1, 2):
+        np.testing.assert_allclose(lake.read_layer("tiny-llama", "resid", layer), states[layer].reshape(128, -1).numpy(),
+                                   rtol=2e-3, atol=2e-3)
+    for layer in (1, 2):
+        np.testing.assert_allclose(lake.read_layer("tiny-llama", "mlp", layer), gated[layer].reshape(128, -1).numpy(),
+                                   rtol=2e-3, atol=2e-3)
+    twin = _extract(lake, untrained_twin(spec, seed=1), max_tokens=128, seq_len=64)
+    assert twin.model == "tiny-llama-untrained"
+    record = lake.read(partition_key("models", model="tiny-llama-untrained")).to_pylist()[0]
+    assert (record["quantization"], record["dequantized"], record["trained"], record["twin_of"]) == (None, False, False, "tiny-llama")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf is not installed")
 def test_not_a_gguf_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.gguf"

@@ -118,8 +118,9 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
         return None if entry is None else entry.contents()
 
     file_type = field("general.file_type")
-    try:
-        quantization = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
+    try:  # MOSTLY_Q4_1 -> Q4_1, ALL_F32 -> F32
+        name = None if file_type is None else gguf.LlamaFileType(file_type).name
+        quantization = None if name is None else name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except ValueError:
         quantization = f"file_type {file_type}"
     if quantization is None:  # no file_type key: name the tensor types instead

@@ -107,6 +107,11 @@ NORMALIZATIONS = ("bistochastic", "scale", "log")
 NULLS = ("interaction_refit", "column_refit")
 #: What z and p test: token x neuron structure (default), or the study's whole block-mean R^2.
 STATISTICS = ("r2_interaction", "r2")
+#: k-means restarts of the grid's fits (the estimators keep scikit-learn's 10). Every null draw
+#: refits the grid, and on structureless draws Lloyd's iterations dominate: on a 20,000 x 384
+#: noise matrix 3 restarts cut the projections from 5.2 s to 1.6 s (one thread, loaded machine).
+#: The observed fit and every null draw use the same setting, so the test stays calibrated.
+GRID_N_INIT = 3
 #: Selection rules (see :func:`mark_selected`).
 SELECTION_RULES = ("excess", "z", "adjusted_r2", "r2")
 
@@ -990,7 +995,7 @@ def null_statistics(
     n_best: int = 3,
     svd_method: str = "randomized",
     n_svd_vecs: int | None = None,
-    n_init: int = 10,
+    n_init: int = GRID_N_INIT,
 ) -> np.ndarray:
     """The statistic of every grid point on null draws ``draws`` (each a whole grid refit).
 
@@ -1089,7 +1094,7 @@ def grid_search(
     n_best: int = 3,
     svd_method: str = "randomized",
     n_svd_vecs: int | None = None,
-    n_init: int = 10,
+    n_init: int = GRID_N_INIT,
 ) -> list[BiclusterResult]:
     """Bicluster one matrix at every grid point, and score each against a calibrated null.
 
@@ -1132,8 +1137,10 @@ def grid_search(
         Precomputed :func:`null_statistics` (e.g. from Dask tasks) instead of computing them here.
     n_column_shuffles : int, default=25
         Column-shuffle pool of the label-shuffle score (:func:`tnb.metrics.permutation_tests`).
-    normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
+    normalization, n_components, n_best, svd_method, n_svd_vecs
         Kluger's method's settings, as in :class:`SpectralBiclustering`.
+    n_init : int, default=3
+        k-means restarts of every fit (:data:`GRID_N_INIT`; scikit-learn's estimators use 10).
 
     Returns
     -------

@@ -221,7 +221,9 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
             lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs
         )
     written = sum(o["status"] == "written" for o in outcomes)
-    print(f"tnb bicluster: {written} partitions written, {len(outcomes) - written} already complete")
+    stale = sum(o.get("reason") == "stale" for o in outcomes)
+    redone = f" ({stale} of them stale: their activations changed)" if stale else ""
+    print(f"tnb bicluster: {written} partitions written{redone}, {len(outcomes) - written} already complete")
     return 0
 
 

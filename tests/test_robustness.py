@@ -151,3 +151,77 @@ def test_a_waiting_run_with_the_same_config_skips(tmp_path: Path) -> None:
     before = lake_snapshot(tmp_path)
     assert bicluster_partition(lake, "m", "resid", 0, BiclusterParams(**SMALL)).status == "skipped"
     assert lake_snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- item 5: failed extractions
+def _extract(lake: Lake, model: str, max_tokens: int = 300, seq_len: int = 64, **kwargs):
+    from tnb.extract import ensure_token_stream, extract_activations
+    from tnb.models import load_tokenizer, resolve_model
+
+    spec = resolve_model(model)
+    tokenizer_name, tokenizer = load_tokenizer(spec)
+    stream = ensure_token_stream(lake, None, tokenizer_name, tokenizer, max_tokens, seq_len)
+    return extract_activations(lake, spec, stream, ("resid",), [0, 1], progress=False, **kwargs)
+
+
+def test_seq_len_beyond_the_positions_is_one_error_and_blocks_nothing(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    from tnb.errors import ModelError
+    from tnb.extract import check_seq_len
+    from tnb.models import resolve_model
+
+    with pytest.raises(ModelError, match=r"--seq-len should be <= 256, the positions of tiny-gpt2. Got 300 instead."):
+        check_seq_len(resolve_model(str(tiny_gpt2_dir)), 300)
+    lake = Lake(tmp_path)
+    with pytest.raises(ModelError, match="--seq-len should be <= 256"):
+        _extract(lake, str(tiny_gpt2_dir), max_tokens=600, seq_len=300)
+    assert lake.partitions("models") == [] and lake.partitions("activations") == []
+    result = _extract(lake, str(tiny_gpt2_dir), seq_len=64)  # the corrected run is not blocked
+    assert len(result.written) == 2
+
+
+def test_truncated_weights_leave_no_models_row(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tnb.errors import ModelError
+
+    broken = tmp_path / "models" / "tiny-gpt2"
+    shutil.copytree(tiny_gpt2_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    lake = Lake(tmp_path / "lake")
+    with pytest.raises(ModelError, match="cannot load the weights of tiny-gpt2"):
+        _extract(lake, str(broken))
+    assert lake.partitions("models") == [] and lake.partitions("activations") == []
+    weights.write_bytes(b"")
+    with pytest.raises(ModelError, match="cannot load the weights of tiny-gpt2"):
+        _extract(lake, str(broken))
+    assert len(_extract(lake, str(tiny_gpt2_dir)).written) == 2
+
+
+def test_models_row_of_a_failed_run_does_not_pin_the_stream(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    row = pa.table({"source": [str(tiny_gpt2_dir)], "architecture": ["gpt2"], "stream": ["other"], "n_layers": [2],
+                    "d_resid": [32], "d_mlp": [128]}, schema=MODELS)
+    lake.write_table(partition_key("models", model="tiny-gpt2"), row, {"source": str(tiny_gpt2_dir), "stream": "other"})
+    result = _extract(lake, str(tiny_gpt2_dir))
+    assert lake.read(partition_key("models", model="tiny-gpt2")).column("stream").to_pylist() == [result.stream]
+    # but once activations exist for a stream, another stream is refused without --overwrite
+    with pytest.raises(LakeError, match="another config"):
+        _extract(lake, str(tiny_gpt2_dir), max_tokens=200)
+
+
+def test_reextract_after_the_token_stream_changed_redoes_the_activations(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    from tnb.extract import ensure_token_stream
+    from tnb.models import load_tokenizer, resolve_model
+
+    lake = Lake(tmp_path)
+    first = _extract(lake, str(tiny_gpt2_dir))
+    act_key = partition_key("activations", model="tiny-gpt2", site="resid", layer=1)
+    assert lake.manifest(act_key)["inputs"] == lake.identity(partition_key("tokens", stream=first.stream))
+    assert _extract(lake, str(tiny_gpt2_dir)).written == ()
+    tokens_key = partition_key("tokens", stream=first.stream)
+    table = lake.read(tokens_key)
+    manifest = lake.manifest(tokens_key)
+    lake.write_table(tokens_key, table.slice(0, 299), manifest["config"], overwrite=True)  # the stream changed
+    assert len(_extract(lake, str(tiny_gpt2_dir)).written) == 2
+    del ensure_token_stream, load_tokenizer, resolve_model

@@ -39,10 +39,11 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
+    from tnb.extract import check_seq_len
     from tnb.lake import Lake
     from tnb.models import resolve_model
 
-    resolve_model(args.model)
+    check_seq_len(resolve_model(args.model), args.seq_len)
     Lake(args.lake)
     if args.seq_len > args.max_tokens:
         raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tnb.errors import CorpusError, ModelError
+from tnb.errors import CorpusError, LakeError, ModelError, TnbError
 from tnb.lake import Lake, PartitionKey, partition_key
 from tnb.models import (
     SITES,
@@ -96,19 +96,51 @@ def ensure_token_stream(
         "text_column": text_column,
         "max_documents": max_documents,
     }
-    if overwrite or not lake.is_complete(key, config):
-        documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
-        table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
-        lake.write_table(key, table, config, overwrite=True)
+    with lake.lock(key):  # a concurrent run waits here, then finds the stream written
+        if overwrite or not lake.is_complete(key, config):
+            documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
+            table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
+            lake.write_table(key, table, config, overwrite=True)
     return stream
 
 
-def register_model(lake: Lake, spec: ModelSpec, arch: Architecture, stream: str, overwrite: bool = False) -> None:
-    """Record which stream a model's activations are aligned to (the ``models`` table)."""
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a model's position embeddings cover (None when it has no such limit)."""
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+    return int(limit) - offset
+
+
+def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
+    """Fail, naming both numbers, when ``seq_len`` is beyond the model's position embeddings."""
+    limit = max_positions(load_config(spec))
+    if limit is not None and seq_len > limit:
+        raise ModelError(f"--seq-len should be <= {limit}, the positions of {spec.name}. Got {seq_len} instead.")
+
+
+def register_model(
+    lake: Lake, spec: ModelSpec, arch: Architecture, stream: str, overwrite: bool = False, check_only: bool = False
+) -> bool:
+    """Record which stream a model's activations are aligned to (the ``models`` table).
+
+    Returns whether the row is (to be) written. ``check_only``: raise if the row would
+    conflict, write nothing.
+    """
     key = partition_key("models", model=spec.name)
     config = {"source": spec.source, "stream": stream}
-    if not overwrite and lake.is_complete(key, config):
-        return
+    if not overwrite:
+        try:
+            if lake.is_complete(key, config):
+                return False
+        except LakeError:
+            # another stream: an error only when activations were made from it (else it is
+            # the row of an extraction that failed before publishing anything)
+            if any(k.as_dict()["model"] == spec.name for k in lake.partitions("activations")):
+                raise
+    if check_only:
+        return True
     row = {
         "source": [spec.source],
         "architecture": [arch.model_type],
@@ -118,6 +150,7 @@ def register_model(lake: Lake, spec: ModelSpec, arch: Architecture, stream: str,
         "d_mlp": [arch.d_mlp],
     }
     lake.write_table(key, pa.table(row, schema=MODELS), config, overwrite=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -187,19 +220,28 @@ def extract_activations(
     for site in sites:
         if site not in SITES:
             raise ModelError(f"site should be one of {SITES}. Got {site!r} instead.")
-    arch = architecture(load_config(spec))
+    model_config = load_config(spec)
+    arch = architecture(model_config)
+    tokens_manifest = lake.manifest(partition_key("tokens", stream=stream)) or {}
+    seq_len, limit = tokens_manifest.get("config", {}).get("seq_len"), max_positions(model_config)
+    if seq_len is not None and limit is not None and seq_len > limit:
+        raise ModelError(f"--seq-len should be <= {limit}, the positions of {spec.name}. Got {seq_len} instead.")
     wanted: list[tuple[str, int, PartitionKey]] = []
     for site in sites:
         if site == "mlp":
             mlp_module_name(arch.model_type, 1)  # fails early for unsupported architectures
         for layer in check_layers(arch, site, None if layers is None else list(layers), spec.name):
             wanted.append((site, layer, partition_key("activations", model=spec.name, site=site, layer=layer)))
-    register_model(lake, spec, arch, stream, overwrite=overwrite)
     config = {"source": spec.source, "stream": stream, "dtype": dtype}
-    todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config)]
-    skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
-    if todo:
-        _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress)
+    inputs = lake.identity(partition_key("tokens", stream=stream))
+    # locks held from the check to the publish: a concurrent run waits, then skips what is done
+    with lake.locks([k for _, _, k in wanted] + [partition_key("models", model=spec.name)]):
+        replace_row = register_model(lake, spec, arch, stream, overwrite=overwrite, check_only=True)
+        todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config, inputs)]
+        skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
+        if todo:
+            _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, inputs)
+        register_model(lake, spec, arch, stream, overwrite=overwrite or replace_row)  # once its activations exist
     return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped)
 
 
@@ -214,6 +256,7 @@ def _run_model(
     dtype: str,
     device: str,
     progress: bool,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -222,13 +265,19 @@ def _run_model(
     token_ids = tokens.column("token_id").to_numpy()
     seq_ids = tokens.column("seq_id").to_numpy()
     device = pick_device(device)
-    model = load_model(spec, device)
+    try:
+        model = load_model(spec, device)
+    except TnbError:
+        raise
+    except Exception as error:  # truncated or empty weights: safetensors raises its own type
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
     need_resid = any(site == "resid" for site, _, _ in todo)
     with contextlib.ExitStack() as stack:
         writers = {
             (site, layer): stack.enter_context(
-                lake.writer(key, activations_schema(arch.width(site), dtype), config)
+                lake.writer(key, activations_schema(arch.width(site), dtype), config, inputs)
             )
             for site, layer, key in todo
         }
@@ -239,11 +288,17 @@ def _run_model(
         with torch.inference_mode():
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
                 input_ids = torch.from_numpy(ids.astype(np.int64)).to(device)
-                output = model(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    output_hidden_states=need_resid,
-                )
+                try:
+                    output = model(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        output_hidden_states=need_resid,
+                    )
+                except (IndexError, RuntimeError) as error:  # e.g. sequences beyond the position embeddings
+                    raise ModelError(
+                        f"the forward pass of {spec.name} failed on sequences of {ids.shape[1]} tokens "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+                    ) from None
                 hidden = output.hidden_states if need_resid else None
                 if need_resid and len(hidden) != arch.n_layers + 1:
                     raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")

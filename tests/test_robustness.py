@@ -10,6 +10,7 @@ import multiprocessing
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -225,3 +226,54 @@ def test_reextract_after_the_token_stream_changed_redoes_the_activations(tiny_gp
     lake.write_table(tokens_key, table.slice(0, 299), manifest["config"], overwrite=True)  # the stream changed
     assert len(_extract(lake, str(tiny_gpt2_dir)).written) == 2
     del ensure_token_stream, load_tokenizer, resolve_model
+
+
+# ----------------------------------------------------------------------------- item 3: tnb verify
+def _flip_middle(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    middle = min(len(content) // 2, 64)  # inside the data pages, not the footer
+    content[middle : middle + 16] = bytes(255 - b for b in content[middle : middle + 16])
+    path.write_bytes(bytes(content))
+
+
+def test_verify_reports_and_repairs_by_recomputing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tnb.cli import main
+
+    lake = make_lake(tmp_path)
+    params = BiclusterParams(**SMALL)
+    for layer in (0, 1):
+        bicluster_partition(lake, "m", "resid", layer, params)
+    assert main(["verify", "--lake", str(tmp_path)]) == 0
+    labels_key, metrics_key = output_keys("m", "resid", 0, "biclustering", 0)
+    before = lake.read(metrics_key).drop(["seconds"])
+    _flip_middle(lake.partition_dir(metrics_key) / "part-0.parquet")  # same size: only the hash sees it
+    (lake.partition_dir(output_keys("m", "resid", 1, "biclustering", 0)[0]) / "_manifest.json").unlink()
+    capsys.readouterr()
+    snapshot = lake_snapshot(tmp_path)
+    assert main(["verify", "--lake", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"{metrics_key}: corrupt" in captured.out
+    assert "labels/model=m/site=resid/layer=1/method=biclustering/drop_first=0: incomplete or corrupt" in captured.out
+    assert captured.err.strip().startswith("tnb: error: 2 partitions are corrupt") and lake_snapshot(tmp_path) == snapshot
+    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"{metrics_key}: recomputed" in out and "run `tnb bicluster` to make it again" in out
+    from polars.testing import assert_frame_equal
+
+    assert_frame_equal(pl.from_arrow(lake.read(metrics_key).drop(["seconds"])), pl.from_arrow(before))
+    assert lake.check() == []
+    assert bicluster_partition(lake, "m", "resid", 1, params).reason == "missing"  # the removed one is redone
+
+
+def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    from tnb.cli import main
+
+    lake = Lake(tmp_path)
+    _extract(lake, str(tiny_gpt2_dir))
+    snapshot = lake_snapshot(tmp_path)
+    key = partition_key("activations", model="tiny-gpt2", site="resid", layer=1)
+    _flip_middle(lake.partition_dir(key) / "part-0.parquet")
+    with pytest.raises(LakeError, match="corrupt file in lake.*checksum"):
+        lake.read_layer("tiny-gpt2", "resid", 1)
+    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
+    assert lake_snapshot(tmp_path) == snapshot

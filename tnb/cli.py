@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
     extract.set_defaults(func=_cmd_extract)
 
-    for module_name in ("flows.cli", "tnb.analysis_cli"):
+    for module_name in ("flows.cli", "tnb.analysis_cli", "tnb.verify"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:

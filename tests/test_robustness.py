@@ -277,3 +277,99 @@ def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_pa
         lake.read_layer("tiny-gpt2", "resid", 1)
     assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
     assert lake_snapshot(tmp_path) == snapshot
+
+
+# ----------------------------------------------------------------------------- items 9-12: query and report
+@pytest.fixture(scope="module")
+def analysis_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    from tests.fixtures.analysis_lake import build_fixture_lake
+
+    return build_fixture_lake(tmp_path_factory.mktemp("analysis") / "lake")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM READ_CSV ( '/etc/passwd' )",
+        'SELECT * FROM "read_csv"(\'/etc/passwd\')',
+        "SELECT * FROM read_csv /* hidden */ ('http://127.0.0.1:9/x.csv')",
+        "SELECT * FROM read_parquet('https://example.org/x.parquet')",
+        "SELECT m.model FROM metrics m JOIN read_ndjson('/etc/hosts') x ON true",
+    ],
+)
+def test_lake_only_refuses_sql_that_reads_files_or_urls(analysis_lake: Lake, sql: str) -> None:
+    from tnb.query import QueryError, run_query
+
+    with pytest.raises(QueryError, match=r"(?i)--lake-only: the statement calls read_\w+\(\)"):
+        run_query(analysis_lake.root, sql, lake_only=True)
+
+
+def test_lake_only_still_runs_lake_queries(analysis_lake: Lake) -> None:
+    from tnb.query import run_query
+
+    frame = run_query(analysis_lake.root, "SELECT model, 'read_csv(x)' AS s FROM metrics -- read_csv(", lake_only=True)
+    assert frame.height > 0
+    assert run_query(analysis_lake.root, "top_tokens", lake_only=True).height > 0
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from tnb.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_query_and_report_errors_are_one_line(analysis_lake: Lake, tmp_path: Path, capsys) -> None:
+    root = str(analysis_lake.root)
+    not_ipc = tmp_path / "x.arrow"
+    not_ipc.write_text("not ipc")
+    cases = {
+        "read_ipc on a non-IPC file": ["query", "--lake", root, f"SELECT * FROM read_ipc('{not_ipc}')"],
+        "query --out DIR": ["query", "--lake", root, "metrics_x", "--out", str(tmp_path)],
+        "query --out DIR (csv)": ["query", "--lake", root, "SELECT model FROM metrics", "--format", "csv",
+                                  "--out", str(tmp_path)],
+        "misspelled lake": ["query", "--lake", str(tmp_path / "lkae"), "SELECT * FROM metrics"],
+        "report --out FILE": ["report", "--lake", root, "--out", str(not_ipc)],
+        "report --out inside the lake": ["report", "--lake", root, "--out", str(analysis_lake.root / "metrics")],
+        "report --out the lake": ["report", "--lake", root, "--out", root],
+        "verify misspelled lake": ["verify", "--lake", str(tmp_path / "lkae")],
+    }
+    before = lake_snapshot(analysis_lake.root)
+    for what, argv in cases.items():
+        code, _, err = _cli(argv, capsys)
+        assert code == 2 and err.startswith("tnb: error: ") and err.count("\n") == 1, (what, code, err)
+    assert not (tmp_path / "lkae").exists()
+    assert lake_snapshot(analysis_lake.root) == before
+    assert sorted(p.name for p in (analysis_lake.root / "metrics").iterdir() if not p.name.startswith("model="))  == []
+
+
+def test_query_and_report_read_a_read_only_lake(analysis_lake: Lake, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "lake"
+    shutil.copytree(analysis_lake.root, copy, ignore=shutil.ignore_patterns("_locks", "_staging"))
+    for path in sorted(copy.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    copy.chmod(0o555)
+    try:
+        code, out, err = _cli(["query", "--lake", str(copy), "SELECT count(*) AS n FROM metrics"], capsys)
+        assert code == 0, err
+        code, out, err = _cli(["report", "--lake", str(copy), "--out", str(tmp_path / "report")], capsys)
+        assert code == 0, err
+        code, out, err = _cli(["report", "--lake", str(copy), "--out", str(tmp_path / "report")], capsys)
+        assert code == 0 and "replaced the earlier report" in out
+        assert not (copy / "_locks").exists() and not (copy / "_staging").exists()
+    finally:
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_report_markdown_carries_token_text_as_text() -> None:
+    from tnb.report import _md_table, _md_text
+
+    frame = pl.DataFrame({"token": ["<script>alert(1)</script>", "a|b", "&amp;"]})
+    table = _md_table(frame)
+    assert "<script>" not in table and "&lt;script&gt;" in table and "a\\|b" in table and "&amp;amp;" in table
+    assert _md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"

@@ -373,3 +373,34 @@ def test_report_markdown_carries_token_text_as_text() -> None:
     table = _md_table(frame)
     assert "<script>" not in table and "&lt;script&gt;" in table and "a\\|b" in table and "&amp;amp;" in table
     assert _md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
+
+
+# ----------------------------------------------------------------------------- item 7: no outbound connection
+_NO_NETWORK = """
+import json, socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args[:1])
+    raise OSError("network disabled by the test")
+socket.getaddrinfo = refuse
+socket.socket.connect = refuse
+from tnb.corpus import load_corpus
+docs = list(load_corpus(sys.argv[1]))
+print(json.dumps({"documents": len(docs), "attempts": [str(a) for a in attempts]}))
+"""
+
+
+def test_a_local_corpus_is_read_without_any_network_attempt(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"document {i} about lakes"}) for i in range(4)))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", _NO_NETWORK, str(corpus)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"documents": 4, "attempts": []}

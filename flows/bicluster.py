@@ -209,6 +209,11 @@ def _bicluster_partitions(
         )
         for model, site, layer in partitions
     ]
+    # a failed null task leaves its layer's final task unfinished (Prefect's UnfinishedRun, a
+    # traceback); wait on the null tasks first so the user sees their own error instead
+    for chunks in null_futures.values():
+        for chunk in chunks:
+            chunk.result()
     outcomes = []
     for done, future in enumerate(as_completed(futures), start=1):
         outcome = future.result()

@@ -404,3 +404,79 @@ def test_a_local_corpus_is_read_without_any_network_attempt(tmp_path: Path) -> N
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"documents": 4, "attempts": []}
+
+
+# ----------------------------------------------------------------------------- item 8: services die with the command
+_PARENT = """
+import subprocess, sys, time
+from flows.cli import die_with_us
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+die_with_us(child.pid)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_started_service_dies_with_a_killed_command(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), TNB_RUNTIME_DIR=str(tmp_path))
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], env=env, stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+            if Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z":
+                break  # a zombie: dead, waiting to be reaped by init
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the service outlived the killed command by 20 s")
+
+
+# ----------------------------------------------------------------------------- item 10: one-line errors, through the flows
+from tests.test_pipeline import prefect_server  # noqa: E402,F401  (the session's Prefect test server)
+
+
+def test_dask_address_nobody_answers_is_one_error_at_once() -> None:
+    import time
+
+    from flows.cli import check_dask_address
+    from tnb.errors import TnbError
+
+    start = time.monotonic()
+    with pytest.raises(TnbError, match=r"no Dask scheduler answers at tcp://127.0.0.1:1 "):
+        check_dask_address("tcp://127.0.0.1:1")
+    assert time.monotonic() - start < 10
+    with pytest.raises(TnbError, match="should look like tcp://HOST:PORT"):
+        check_dask_address("http://x")
+
+
+def test_flow_errors_surface_as_the_users_error(prefect_server: str, tmp_path: Path) -> None:
+    from flows.bicluster import bicluster_flow
+
+    lake = make_lake(tmp_path)
+    _flip_middle(lake.partition_dir(partition_key("activations", model="m", site="resid", layer=1)) / "part-0.parquet")
+    with pytest.raises(LakeError, match="corrupt file in lake"):  # was: prefect's UnfinishedRun traceback
+        bicluster_flow(lake=str(tmp_path), bicluster=SMALL, serial=True)
+
+
+def test_overwrite_through_the_flow_redoes_another_config(prefect_server: str, tmp_path: Path) -> None:
+    from flows.bicluster import bicluster_flow
+
+    make_lake(tmp_path, layers=(0,))
+    bicluster_flow(lake=str(tmp_path), bicluster=SMALL, serial=True)
+    other = {**SMALL, "row_ks": (2, 4), "col_ks": (2, 4)}
+    with pytest.raises(LakeError, match="another config"):
+        bicluster_flow(lake=str(tmp_path), bicluster=other, serial=True)
+    outcomes = bicluster_flow(lake=str(tmp_path), bicluster=other, serial=True, overwrite=True)
+    assert [(o["status"], o["reason"]) for o in outcomes] == [("written", "overwrite")]

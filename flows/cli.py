@@ -267,15 +267,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bicluster(args: argparse.Namespace) -> int:
-    from tnb.bicluster_stage import BiclusterParams, is_done, layer_partitions
+    from tnb.bicluster_stage import BiclusterParams, check_grid_fits, is_done, layer_partitions
+    from tnb.errors import LakeError
     from tnb.lake import Lake
 
+    if not Path(args.lake).expanduser().is_dir():
+        raise LakeError(f"no lake at {Path(args.lake).absolute()}; check --lake (`tnb extract` makes one)")
     lake = Lake(args.lake)
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
     # bad input fails here, as one line, before any server or cluster starts
     params = BiclusterParams.from_mapping(kwargs["bicluster"])
     for partition in layer_partitions(lake, args.model, args.sites, args.layers):
+        check_grid_fits(lake, *partition, params)
         if not args.overwrite:
             is_done(lake, *partition, params)
     with prefect_api():

@@ -371,6 +371,20 @@ def _bicluster_and_publish(
             "selected": (chosen.row_k, chosen.col_k)}
 
 
+def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> None:
+    """Fail before any work when a layer is too small for the grid (from its manifest and footer only)."""
+    import pyarrow.parquet as pq
+
+    key = partition_key("activations", model=model, site=site, layer=layer)
+    rows = int(lake.manifest(key)["rows"])
+    width = pq.read_schema(lake.path(key)).field("act").type.list_size
+    if rows <= max(params.row_ks) or width <= max(params.col_ks):
+        raise StageError(
+            f"{model} {site} layer {layer} has {rows} tokens x {width} neurons; the grid needs more than "
+            f"{max(params.row_ks)} tokens and {max(params.col_ks)} neurons"
+        )
+
+
 def _checked_matrix(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams):
     matrix, pos = _read_matrix(lake, model, site, layer, params.drop_first)
     if matrix.shape[0] <= max(params.row_ks) or matrix.shape[1] <= max(params.col_ks):

@@ -39,12 +39,17 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
-    from tnb.extract import check_seq_len
+    from tnb.extract import preflight
     from tnb.lake import Lake
     from tnb.models import resolve_model
 
-    check_seq_len(resolve_model(args.model), args.seq_len)
-    Lake(args.lake)
+    sites = getattr(args, "site", None) or getattr(args, "sites", None)
+    if args.seq_len > args.max_tokens:
+        raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
+    preflight(
+        Lake(args.lake), resolve_model(args.model), args.corpus, args.corpus_config, args.max_tokens, args.seq_len,
+        sites, getattr(args, "layers", None), args.overwrite, args.text_column, args.max_documents,
+    )
     if args.seq_len > args.max_tokens:
         raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
     if args.corpus_config and not args.corpus:
@@ -97,8 +102,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors print as one line, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"tnb: error: {self.prog.removeprefix('tnb ').strip()}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
+    parser = _Parser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
     parser.add_argument("--version", action="version", version=f"tnb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

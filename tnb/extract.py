@@ -113,6 +113,64 @@ def max_positions(config: Any) -> int | None:
     return int(limit) - offset
 
 
+def check_weights(spec: ModelSpec) -> None:
+    """Read the header of a local model's safetensors files (cheap): truncated or empty weights fail here."""
+    from pathlib import Path
+
+    directory = Path(spec.source)
+    if not directory.is_dir():
+        return
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own error type
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load the weights of {spec.name} from {path}: {reason}") from None
+
+
+def preflight(
+    lake: Lake,
+    spec: ModelSpec,
+    corpus: str | None,
+    hub_config: str | None,
+    max_tokens: int,
+    seq_len: int,
+    sites: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    overwrite: bool = False,
+    text_column: str = "text",
+    max_documents: int | None = None,
+) -> None:
+    """Everything an extraction can check before it writes anything, so bad input leaves the lake as it was.
+
+    The model's config, positions, layers and weights' headers; a local corpus (its first
+    document); and a ``models`` row that would pin the model to another token stream.
+    """
+    from pathlib import Path
+
+    from tnb.corpus import corpus_name, load_corpus
+    from tnb.tokens import stream_id
+
+    check_seq_len(spec, seq_len)
+    arch = architecture(load_config(spec))
+    for site in sites or ():
+        if site not in SITES:
+            raise ModelError(f"site should be one of {SITES}. Got {site!r} instead.")
+        if site == "mlp":
+            mlp_module_name(arch.model_type, 1)
+        check_layers(arch, site, None if layers is None else list(layers), spec.name)
+    check_weights(spec)
+    if corpus is None or Path(corpus).expanduser().exists() or not hub_config:
+        load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
+    if sites is not None and not overwrite:
+        tokenizer_name, _ = load_tokenizer(spec)
+        stream = stream_id(corpus_name(corpus, hub_config), tokenizer_name, max_tokens, seq_len)
+        register_model(lake, spec, arch, stream, check_only=True)
+
+
 def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
     """Fail, naming both numbers, when ``seq_len`` is beyond the model's position embeddings."""
     limit = max_positions(load_config(spec))

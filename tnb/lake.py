@@ -58,6 +58,7 @@ from tnb.schemas import INT_KEYS, PARTITION_KEYS, expected_schema
 
 DATA_FILE = "part-0.parquet"
 LOCK_TIMEOUT_ENV = "TNB_LOCK_TIMEOUT_S"
+FAULT_ENV = "TNB_FAULT_AT"  # fault injection (tests, bench/robustness.py): see _fault_point
 _LOG = logging.getLogger("tnb.lake")
 _HOST = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
 MANIFEST_FILE = "_manifest.json"
@@ -137,6 +138,17 @@ def _staged_owner(name: str) -> tuple[int, str] | None:
         return int(parts[0]), parts[1]
     legacy = name.split("-", 1)[0]  # <pid>-<uuid> of older versions: this host's
     return (int(legacy), _HOST) if legacy.isdigit() else None
+
+
+def _fault_point(step: str, table: str) -> None:
+    """Kill this process (SIGKILL, as ``kill -9``) at a publish step named by ``TNB_FAULT_AT=<step>:<table>``.
+
+    Used only by the fault-injection suite, to stop a writer between any two steps of a publish.
+    """
+    if os.environ.get(FAULT_ENV) == f"{step}:{table}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -225,10 +237,15 @@ class PartitionWriter:
         }
         staged_manifest = self.lake.staging / _staged_name(".json")
         staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        table = self.key.table
         try:
+            _fault_point("staged", table)
             manifest_path.unlink(missing_ok=True)  # the partition is incomplete from here until the end
+            _fault_point("unlinked", table)
             os.replace(self.staged, target_dir / DATA_FILE)
+            _fault_point("replaced", table)
             os.replace(staged_manifest, manifest_path)
+            _fault_point("published", table)
         finally:
             staged_manifest.unlink(missing_ok=True)
         return target_dir / DATA_FILE

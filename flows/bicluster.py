@@ -176,6 +176,7 @@ def make_task_runner(
             "threads_per_worker": 1,
             "processes": True,
             "env": threads_env,  # set before each worker process starts, so its OpenMP sees it
+            "host": "127.0.0.1",  # scheduler and workers on loopback only
             "dashboard_address": "127.0.0.1:0",  # loopback only; a free port: concurrent runs do not collide
         },
     )

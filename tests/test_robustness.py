@@ -257,12 +257,17 @@ def test_verify_reports_and_repairs_by_recomputing(tmp_path: Path, capsys: pytes
     assert captured.err.strip().startswith("tnb: error: 2 partitions are corrupt") and lake_snapshot(tmp_path) == snapshot
     assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
     out = capsys.readouterr().out
-    assert f"{metrics_key}: recomputed" in out and "run `tnb bicluster` to make it again" in out
+    assert f"{metrics_key}: recomputed" in out
+    assert "labels/model=m/site=resid/layer=1/method=biclustering/drop_first=0: recomputed" in out  # sibling's config
     from polars.testing import assert_frame_equal
 
     assert_frame_equal(pl.from_arrow(lake.read(metrics_key).drop(["seconds"])), pl.from_arrow(before))
     assert lake.check() == []
-    assert bicluster_partition(lake, "m", "resid", 1, params).reason == "missing"  # the removed one is redone
+    assert bicluster_partition(lake, "m", "resid", 1, params).status == "skipped"
+    # what cannot be recomputed is removed, naming the command that makes it again
+    (lake.partition_dir(partition_key("tokens", stream="s96")) / "_manifest.json").unlink()
+    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 2
+    assert "tokens/stream=s96: removed" in capsys.readouterr().out
 
 
 def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_path: Path) -> None:

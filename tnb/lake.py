@@ -195,6 +195,7 @@ class PartitionWriter:
                 self.staged, schema, compression="zstd", use_dictionary=dictionary or False, write_statistics=True
             )
         except OSError as error:
+            self.staged.unlink(missing_ok=True)
             raise LakeError(f"cannot write to the lake at {lake.root}: {_os_reason(error)}") from None
         self.rows = 0
 
@@ -236,9 +237,9 @@ class PartitionWriter:
             "host": socket.gethostname(),
         }
         staged_manifest = self.lake.staging / _staged_name(".json")
-        staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         table = self.key.table
         try:
+            staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             _fault_point("staged", table)
             manifest_path.unlink(missing_ok=True)  # the partition is incomplete from here until the end
             _fault_point("unlinked", table)

@@ -42,11 +42,34 @@ def _key_of(name: str) -> PartitionKey:
     return partition_key(table, **values)
 
 
-def _recorded_config(lake: Lake, key: PartitionKey) -> dict | None:
+def _manifest_config(lake: Lake, key: PartitionKey) -> dict | None:
     try:
         return json.loads((lake.partition_dir(key) / MANIFEST_FILE).read_text()).get("config")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _recorded_config(lake: Lake, key: PartitionKey) -> dict | None:
+    """The config that made ``key``: its manifest's, else (manifest gone) that of a partition made with it.
+
+    ``labels`` and ``metrics`` of one layer share their config, and so do all the
+    activations partitions of one model.
+    """
+    config = _manifest_config(lake, key)
+    if config is not None:
+        return config
+    values = key.as_dict()
+    if key.table in ("labels", "metrics"):
+        sibling = partition_key("metrics" if key.table == "labels" else "labels", **values)
+        return _manifest_config(lake, sibling)
+    if key.table == "activations":
+        base = lake.root / "activations" / f"model={values['model']}"
+        for manifest_path in sorted(base.glob(f"*/*/{MANIFEST_FILE}")):
+            try:
+                return json.loads(manifest_path.read_text())["config"]
+            except (OSError, ValueError, KeyError):
+                continue
+    return None
 
 
 def _recompute(lake: Lake, key: PartitionKey, config: dict) -> None:

@@ -266,8 +266,8 @@ def test_verify_reports_and_repairs_by_recomputing(tmp_path: Path, capsys: pytes
     assert bicluster_partition(lake, "m", "resid", 1, params).status == "skipped"
     # what cannot be recomputed is removed, naming the command that makes it again
     (lake.partition_dir(partition_key("tokens", stream="s96")) / "_manifest.json").unlink()
-    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 2
-    assert "tokens/stream=s96: removed" in capsys.readouterr().out
+    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
+    assert "tokens/stream=s96: removed (its manifest is gone); run `tnb extract`" in capsys.readouterr().out
 
 
 def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_path: Path) -> None:

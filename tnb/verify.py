@@ -148,7 +148,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             break
     if left:
         raise TnbError(f"{len(left)} partitions still need work after the repair: {', '.join(n for n, _ in left)}")
-    print(f"tnb verify: repaired {len(problems)} partitions in {lake.root}")
+    print(f"tnb verify: {len(problems)} partitions recomputed or removed in {lake.root}; it is consistent now")
     return 0
 
 

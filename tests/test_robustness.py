@@ -485,3 +485,23 @@ def test_overwrite_through_the_flow_redoes_another_config(prefect_server: str, t
         bicluster_flow(lake=str(tmp_path), bicluster=other, serial=True)
     outcomes = bicluster_flow(lake=str(tmp_path), bicluster=other, serial=True, overwrite=True)
     assert [(o["status"], o["reason"]) for o in outcomes] == [("written", "overwrite")]
+
+
+# ----------------------------------------------------------------------------- item 13: memory bounded by max_tokens
+def test_a_huge_document_is_tokenized_only_as_far_as_needed() -> None:
+    import time
+
+    from tnb.corpus import Document
+    from tnb.models import load_tokenizer, resolve_model
+    from tnb.tokens import build_token_stream
+
+    _, tokenizer = load_tokenizer(resolve_model("gpt2"))
+    words = " ".join(f"lake{i % 97} river{i % 13}, and" for i in range(4000))  # ~100 kB
+    whole = build_token_stream([Document(0, "t", words)], tokenizer, max_tokens=512, seq_len=64)
+    expected = tokenizer.encode(words, add_special_tokens=False)[:512]
+    assert whole.column("token_id").to_pylist() == expected
+    huge = words * 300  # ~30 MB: whole, it took ~30 s and ~4 GB
+    start = time.perf_counter()
+    table = build_token_stream([Document(0, "t", huge)], tokenizer, max_tokens=512, seq_len=64)
+    assert time.perf_counter() - start < 5
+    assert table.column("token_id").to_pylist() == expected

@@ -43,17 +43,16 @@ def _preflight(args: argparse.Namespace) -> None:
     from tnb.lake import Lake
     from tnb.models import resolve_model
 
-    sites = getattr(args, "site", None) or getattr(args, "sites", None)
-    if args.seq_len > args.max_tokens:
-        raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
-    preflight(
-        Lake(args.lake), resolve_model(args.model), args.corpus, args.corpus_config, args.max_tokens, args.seq_len,
-        sites, getattr(args, "layers", None), args.overwrite, args.text_column, args.max_documents,
-    )
     if args.seq_len > args.max_tokens:
         raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
     if args.corpus_config and not args.corpus:
         raise TnbError("--corpus-config needs --corpus (a hub dataset id such as wikimedia/wikipedia)")
+    # model, positions, layers, weights, a local corpus, a models row on another stream: before any write
+    preflight(
+        Lake(args.lake), resolve_model(args.model), args.corpus, args.corpus_config, args.max_tokens, args.seq_len,
+        getattr(args, "site", None) or getattr(args, "sites", None), getattr(args, "layers", None), args.overwrite,
+        args.text_column, args.max_documents,
+    )
 
 
 def _stream_options(args: argparse.Namespace) -> dict:

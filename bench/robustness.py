@@ -493,7 +493,10 @@ def tally(outcomes: list[Outcome]) -> str:
     for kind, verb in (("bad input", "handled in one line with exit 2 and the lake unchanged"),
                        ("fault", "survived with nothing lost")):
         mine = [o for o in outcomes if o.kind == kind]
-        lines.append(f"{kind}s: {len(mine)} tried, {sum(o.ok for o in mine)} {verb}")
+        skipped = sum(o.detail.startswith("skipped") for o in mine)
+        ran = len(mine) - skipped
+        line = f"{kind}s: {ran} tried, {sum(o.ok for o in mine) - skipped} {verb}"
+        lines.append(line + (f" ({skipped} skipped: they need root)" if skipped else ""))
     return "\n".join(lines)
 
 

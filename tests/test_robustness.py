@@ -15,7 +15,12 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import lake_snapshot
-from tnb.bicluster_stage import BiclusterParams, bicluster_partition, output_keys, partition_state
+from tnb.bicluster_stage import (
+    BiclusterParams,
+    bicluster_partition,
+    output_keys,
+    partition_state,
+)
 from tnb.errors import LakeError
 from tnb.lake import Lake, partition_key
 from tnb.schemas import MODELS, TOKENS, activations_schema
@@ -244,7 +249,7 @@ def test_verify_reports_and_repairs_by_recomputing(tmp_path: Path, capsys: pytes
     for layer in (0, 1):
         bicluster_partition(lake, "m", "resid", layer, params)
     assert main(["verify", "--lake", str(tmp_path)]) == 0
-    labels_key, metrics_key = output_keys("m", "resid", 0, "biclustering", 0)
+    metrics_key = output_keys("m", "resid", 0, "biclustering", 0)[1]
     before = lake.read(metrics_key).drop(["seconds"])
     _flip_middle(lake.partition_dir(metrics_key) / "part-0.parquet")  # same size: only the hash sees it
     (lake.partition_dir(output_keys("m", "resid", 1, "biclustering", 0)[0]) / "_manifest.json").unlink()
@@ -406,7 +411,7 @@ def test_a_local_corpus_is_read_without_any_network_attempt(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     done = subprocess.run([sys.executable, "-c", _NO_NETWORK, str(corpus)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"documents": 4, "attempts": []}
 
@@ -449,7 +454,7 @@ def test_a_started_service_dies_with_a_killed_command(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- item 10: one-line errors, through the flows
-from tests.test_pipeline import prefect_server  # noqa: E402,F401  (the session's Prefect test server)
+from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server)
 
 
 def test_dask_address_nobody_answers_is_one_error_at_once() -> None:
@@ -466,7 +471,8 @@ def test_dask_address_nobody_answers_is_one_error_at_once() -> None:
         check_dask_address("http://x")
 
 
-def test_flow_errors_surface_as_the_users_error(prefect_server: str, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_errors_surface_as_the_users_error(tmp_path: Path) -> None:
     from flows.bicluster import bicluster_flow
 
     lake = make_lake(tmp_path)
@@ -475,7 +481,8 @@ def test_flow_errors_surface_as_the_users_error(prefect_server: str, tmp_path: P
         bicluster_flow(lake=str(tmp_path), bicluster=SMALL, serial=True)
 
 
-def test_overwrite_through_the_flow_redoes_another_config(prefect_server: str, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("prefect_server")
+def test_overwrite_through_the_flow_redoes_another_config(tmp_path: Path) -> None:
     from flows.bicluster import bicluster_flow
 
     make_lake(tmp_path, layers=(0,))

@@ -44,12 +44,12 @@ __all__ = [
     "BiclusterParams",
     "PartitionOutcome",
     "bicluster_partition",
-    "is_done",
-    "input_identity",
-    "partition_state",
     "drop_first_mask",
+    "input_identity",
+    "is_done",
     "layer_partitions",
     "output_keys",
+    "partition_state",
 ]
 
 METHODS = ("biclustering", "coclustering")

@@ -22,7 +22,6 @@ documents that are kept, 0, 1, 2, ... in corpus order.
 from __future__ import annotations
 
 import contextlib
-
 import itertools
 import re
 from collections.abc import Iterable, Iterator

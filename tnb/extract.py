@@ -126,7 +126,7 @@ def check_weights(spec: ModelSpec) -> None:
         try:
             with safe_open(str(path), framework="pt") as weights:
                 weights.keys()
-        except Exception as error:  # safetensors raises its own error type
+        except Exception as error:  # noqa: BLE001  (safetensors raises its own error type)
             reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
             raise ModelError(f"cannot load the weights of {spec.name} from {path}: {reason}") from None
 
@@ -327,7 +327,7 @@ def _run_model(
         model = load_model(spec, device)
     except TnbError:
         raise
-    except Exception as error:  # truncated or empty weights: safetensors raises its own type
+    except Exception as error:  # noqa: BLE001  (truncated or empty weights: safetensors raises its own type)
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}

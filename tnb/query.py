@@ -257,7 +257,7 @@ def run_query(
         return ctx.execute(sql, eager=True)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as error:  # Polars errors, OSError from a table function, a Rust panic
+    except BaseException as error:  # noqa: BLE001  (Polars errors, OSError from a table function, a Rust panic)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QueryError(f"query {name} failed: {first}") from None
 

@@ -512,3 +512,20 @@ def test_a_huge_document_is_tokenized_only_as_far_as_needed() -> None:
     table = build_token_stream([Document(0, "t", huge)], tokenizer, max_tokens=512, seq_len=64)
     assert time.perf_counter() - start < 5
     assert table.column("token_id").to_pylist() == expected
+
+
+def test_tokenize_retries_only_transient_io() -> None:
+    from flows.bicluster import _retry_on_os_error
+    from flows.extract import tokenize_task
+    from tnb.errors import CorpusError
+
+    class _Failed:
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def result(self, raise_on_failure: bool = True) -> BaseException:
+            return self.error
+
+    assert tokenize_task.retry_condition_fn is _retry_on_os_error
+    assert _retry_on_os_error(None, None, _Failed(OSError("flaky mount"))) is True
+    assert _retry_on_os_error(None, None, _Failed(CorpusError("empty corpus"))) is False

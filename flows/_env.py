@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 RUNTIME_DIR = Path(os.environ.get("TNB_RUNTIME_DIR", ".tnb")).absolute()
@@ -61,3 +62,21 @@ def quiet_user_errors() -> None:
 
     one_line_user_errors.tnb_one_line = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(one_line_user_errors)
+    def not_a_user_error(record: logging.LogRecord) -> bool:
+        # "Task run failed with exception: LakeError(...)", "Finished in state Failed('... LakeError: ...')":
+        # the CLI prints that error once, as its `tnb: error:` line
+        message = record.getMessage()
+        if "Error" not in message:
+            return True
+        names = "|".join(sorted(_subclass_names(TnbError)))  # subclasses are defined as modules load
+        return not re.search(rf"\b({names})(\(|:)", message)
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(not_a_user_error)
+
+
+def _subclass_names(base: type) -> set[str]:
+    names = {base.__name__}
+    for sub in base.__subclasses__():
+        names |= _subclass_names(sub)
+    return names

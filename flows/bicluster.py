@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tnb.bicluster_stage import BiclusterParams, bicluster_partition, is_done, layer_partitions, null_chunk
+from tnb.bicluster_stage import BiclusterParams, bicluster_partition, layer_partitions, null_chunk, partition_state
 from tnb.lake import Lake
 
 
@@ -67,17 +67,25 @@ def _retry_on_os_error(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,
 )
 def list_partitions_task(
-    lake: str, models: list[str] | None, sites: list[str] | None, layers: list[int] | None, params: dict[str, Any]
+    lake: str, models: list[str] | None, sites: list[str] | None, layers: list[int] | None, params: dict[str, Any],
+    overwrite: bool = False,
 ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
     """The activations partitions to bicluster, and those of them still to do (lake I/O only, hence retries).
 
-    A partition made with another config raises here, before any cluster starts.
+    Without ``overwrite``, a partition made with another config raises here, before any
+    cluster starts; with it, every partition is to do whatever made it.
     """
     the_lake = Lake(lake)
     bicluster_params = BiclusterParams.from_mapping(params)
     partitions = layer_partitions(the_lake, models, sites, layers)
-    pending = [p for p in partitions if not is_done(the_lake, *p, bicluster_params)]
-    return partitions, pending
+    if overwrite:
+        return partitions, list(partitions)
+    states = {p: partition_state(the_lake, *p, bicluster_params) for p in partitions}
+    stale = [p for p, state in states.items() if state == "stale"]
+    if stale:
+        print(f"{len(stale)} partitions are stale (their activations changed since they were computed); "
+              f"redoing them: {', '.join(f'{m}/{s}/layer={l}' for m, s, l in stale)}")
+    return partitions, [p for p, state in states.items() if state != "complete"]
 
 
 @task(
@@ -168,6 +176,7 @@ def make_task_runner(
             "threads_per_worker": 1,
             "processes": True,
             "env": threads_env,  # set before each worker process starts, so its OpenMP sees it
+            "host": "127.0.0.1",  # scheduler and workers on loopback only
             "dashboard_address": "127.0.0.1:0",  # loopback only; a free port: concurrent runs do not collide
         },
     )
@@ -201,12 +210,18 @@ def _bicluster_partitions(
         )
         for model, site, layer in partitions
     ]
+    # a failed null task leaves its layer's final task unfinished (Prefect's UnfinishedRun, a
+    # traceback); wait on the null tasks first so the user sees their own error instead
+    for chunks in null_futures.values():
+        for chunk in chunks:
+            chunk.result()
     outcomes = []
     for done, future in enumerate(as_completed(futures), start=1):
         outcome = future.result()
         outcomes.append(outcome)
+        redone = {"stale": " (stale: its activations changed)", "overwrite": " (overwritten)"}.get(outcome["reason"], "")
         what = (
-            f"written in {outcome['seconds']:.1f}s, {outcome['n_tokens']} x {outcome['n_neurons']}, "
+            f"written{redone} in {outcome['seconds']:.1f}s, {outcome['n_tokens']} x {outcome['n_neurons']}, "
             f"selected {outcome['selected'][0]}x{outcome['selected'][1]}"
             if outcome["status"] == "written"
             else "already complete"
@@ -258,8 +273,7 @@ def bicluster_flow(
     """
     params = BiclusterParams.from_mapping(bicluster or {})
     params.null_chunks(null_chunk_size)  # validates the chunk size before any cluster starts
-    partitions, pending = list_partitions_task(lake, models, sites, layers, params.config())
-    todo = partitions if overwrite else pending
+    partitions, todo = list_partitions_task(lake, models, sites, layers, params.config(), overwrite)
     if not todo:
         print(f"all {len(partitions)} partitions already complete; nothing to bicluster")
         serial = True  # no cluster to start for tasks that only confirm the skip

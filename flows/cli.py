@@ -86,6 +86,8 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
         print("tnb: starting a temporary Prefect server for this run (`tnb server` keeps one running, with a UI)")
     server = SubprocessASGIServer()
     server.start(timeout=STARTUP_TIMEOUT_S)
+    if server.server_process is not None:
+        die_with_us(server.server_process.pid)
     try:
         with _api_url_set(server.api_url) as url:
             try:
@@ -94,6 +96,43 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
                 _flush_logs()
     finally:
         server.stop()
+
+
+_WATCHDOG = """
+import os, signal, sys, time
+parent, child = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+while alive(parent) and alive(child):
+    time.sleep(0.5)
+if alive(child):
+    os.kill(child, signal.SIGTERM)
+    for _ in range(20):
+        time.sleep(0.25)
+        if not alive(child):
+            break
+    else:
+        os.kill(child, signal.SIGKILL)
+"""
+
+
+def die_with_us(child_pid: int) -> subprocess.Popen:
+    """Stop process ``child_pid`` when this process dies, even by ``kill -9``.
+
+    A small watchdog process polls both; when this one is gone it sends the child
+    SIGTERM, then SIGKILL. (A temporary Prefect server would otherwise be left
+    running, orphaned, after the command that started it was killed.)
+    """
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child_pid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
 
 
 def _flush_logs() -> None:
@@ -175,6 +214,31 @@ def _check_params(kwargs: dict) -> None:
 
     params = BiclusterParams.from_mapping(kwargs["bicluster"])
     params.null_chunks(kwargs["null_chunk_size"])
+    if kwargs.get("dask_address"):
+        check_dask_address(kwargs["dask_address"])
+
+
+def check_dask_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing answers at a Dask scheduler address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from tnb.errors import TnbError
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if parts.scheme not in ("tcp", "tls") or not host or not port:
+        raise TnbError(f"--dask-address should look like tcp://HOST:PORT. Got {address!r} instead.")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise TnbError(
+            f"no Dask scheduler answers at {address} ({error.strerror or error}); start one "
+            "(dask scheduler) or leave out --dask-address for a local cluster"
+        ) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -203,15 +267,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bicluster(args: argparse.Namespace) -> int:
-    from tnb.bicluster_stage import BiclusterParams, is_done, layer_partitions
+    from tnb.bicluster_stage import BiclusterParams, check_grid_fits, is_done, layer_partitions
+    from tnb.errors import LakeError
     from tnb.lake import Lake
 
+    if not Path(args.lake).expanduser().is_dir():
+        raise LakeError(f"no lake at {Path(args.lake).absolute()}; check --lake (`tnb extract` makes one)")
     lake = Lake(args.lake)
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
     # bad input fails here, as one line, before any server or cluster starts
     params = BiclusterParams.from_mapping(kwargs["bicluster"])
     for partition in layer_partitions(lake, args.model, args.sites, args.layers):
+        check_grid_fits(lake, *partition, params)
         if not args.overwrite:
             is_done(lake, *partition, params)
     with prefect_api():
@@ -221,7 +289,9 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
             lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs
         )
     written = sum(o["status"] == "written" for o in outcomes)
-    print(f"tnb bicluster: {written} partitions written, {len(outcomes) - written} already complete")
+    stale = sum(o.get("reason") == "stale" for o in outcomes)
+    redone = f" ({stale} of them stale: their activations changed)" if stale else ""
+    print(f"tnb bicluster: {written} partitions written{redone}, {len(outcomes) - written} already complete")
     return 0
 
 
@@ -245,6 +315,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         print(f"tnb: UI at http://{args.host}:{args.port}; to report runs to it: "
               f"export PREFECT_API_URL=http://{args.host}:{args.port}/api")
     server = subprocess.Popen(command, env=env)
+    die_with_us(server.pid)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.conftest import lake_snapshot
+from tnb import lake as lake_module
 from tnb.errors import LakeError, SchemaError
 from tnb.lake import Lake, partition_key, sanitize_value
 from tnb.schemas import activations_schema
@@ -146,7 +149,8 @@ def test_crash_between_data_and_manifest_is_incomplete(tmp_path: Path) -> None:
     lake.write_table(_key(), _acts(10, 4), {})
     (lake.partition_dir(_key()) / "_manifest.json").unlink()
     assert not lake.is_complete(_key())
-    assert lake.partitions("activations") == []
+    with pytest.raises(LakeError, match="has no manifest"):  # never silently left out of a read
+        lake.partitions("activations")
     assert lake.write_table(_key(), _acts(10, 4), {}) is True
     assert lake.is_complete(_key())
 
@@ -159,13 +163,19 @@ def _hold_lock(root: str, ready, release) -> None:
         release.wait(30)
 
 
-def test_two_writers_cannot_both_publish(tmp_path: Path) -> None:
+def _run_holder(tmp_path: Path):
     context = multiprocessing.get_context("spawn")
     ready, release = context.Event(), context.Event()
     other = context.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
     other.start()
+    assert ready.wait(60)
+    return other, release
+
+
+def test_second_writer_fails_clearly_after_the_lock_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TNB_LOCK_TIMEOUT_S", "0.5")
+    other, release = _run_holder(tmp_path)
     try:
-        assert ready.wait(60)
         with pytest.raises(LakeError, match="being written by another process"):
             Lake(tmp_path).write_table(_key(), _acts(5, 4, seed=9), {})
     finally:
@@ -173,6 +183,119 @@ def test_two_writers_cannot_both_publish(tmp_path: Path) -> None:
         other.join(30)
     assert other.exitcode == 0
     assert Lake(tmp_path).is_complete(_key())
+
+
+def test_second_writer_waits_then_skips_what_the_first_published(tmp_path: Path) -> None:
+    other, release = _run_holder(tmp_path)
+    import threading
+
+    threading.Timer(1.0, release.set).start()
+    try:
+        # same config: waits for the holder, then finds the partition done and does not rewrite it
+        assert Lake(tmp_path).write_table(_key(), _acts(5, 4, seed=9), {}) is False
+    finally:
+        release.set()
+        other.join(30)
+    np.testing.assert_array_equal(Lake(tmp_path).read_layer("m", "resid", 0), _acts(5, 4).column("act").combine_chunks()
+                                  .values.to_numpy(zero_copy_only=False).reshape(5, 4).astype(np.float32))
+
+
+def test_second_writer_with_another_config_fails_after_waiting(tmp_path: Path) -> None:
+    other, release = _run_holder(tmp_path)
+    import threading
+
+    threading.Timer(1.0, release.set).start()
+    try:
+        with pytest.raises(LakeError, match="another config"):
+            Lake(tmp_path).write_table(_key(), _acts(5, 4, seed=9), {"seed": 1})
+    finally:
+        release.set()
+        other.join(30)
+
+
+def _corrupt(path: Path, how: str) -> None:
+    content = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(content[: len(content) // 2]))
+    elif how == "same-size":
+        middle = len(content) // 2
+        content[middle : middle + 8] = b"\xff" * 8
+        path.write_bytes(bytes(content))
+    elif how == "insert":
+        middle = len(content) // 2
+        path.write_bytes(bytes(content[:middle]) + b"garbage" * 100 + bytes(content[middle:]))
+
+
+@pytest.mark.parametrize("how", ["truncate", "same-size", "insert", "rows", "sha256", "manifest-gone", "data-gone"])
+def test_corruption_is_never_silent(tmp_path: Path, how: str) -> None:
+    lake = Lake(tmp_path)
+    lake.write_table(_key(), _acts(200, 16), {})
+    lake.write_table(_key(1), _acts(200, 16, seed=1), {})
+    data = lake.partition_dir(_key()) / "part-0.parquet"
+    manifest_path = data.parent / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if how in ("truncate", "same-size", "insert"):
+        _corrupt(data, how)
+    elif how in ("rows", "sha256"):
+        manifest[how] = 7 if how == "rows" else "0" * 64
+        manifest_path.write_text(json.dumps(manifest))
+    elif how == "manifest-gone":
+        manifest_path.unlink()
+    else:
+        data.unlink()
+    with pytest.raises(LakeError, match="corrupt file in lake"):
+        lake.read_layer("m", "resid", 0)
+    if how != "same-size" and how != "sha256":  # size and footer are checked on every listing
+        with pytest.raises(LakeError, match="corrupt file in lake"):
+            lake.scan("activations")
+    problems = dict(lake.check())
+    assert list(problems) == [str(_key())], problems
+    assert lake.read_layer("m", "resid", 1).shape == (200, 16)
+    # a writer redoes it (what only a full hash finds needs --overwrite, or `tnb verify --repair`)
+    assert lake.write_table(_key(), _acts(200, 16), {}, overwrite=how in ("same-size", "sha256")) is True
+    assert lake.check() == []
+
+
+def test_derived_partition_records_its_inputs_and_goes_stale(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.write_table(_key(), _acts(20, 4), {})
+    inputs = lake.identity(_key())
+    tokens = partition_key("models", model="m")
+    from tnb.schemas import MODELS
+
+    row = pa.table({"source": ["s"], "architecture": ["a"], "stream": ["x"], "n_layers": [1], "d_resid": [4],
+                    "d_mlp": [16]}, schema=MODELS)
+    assert lake.write_table(tokens, row, {"c": 1}, inputs=inputs) is True
+    assert lake.manifest(tokens)["inputs"] == inputs
+    assert lake.state(tokens, {"c": 1}, inputs) == "complete"
+    assert lake.write_table(tokens, row, {"c": 1}, inputs=inputs) is False
+    lake.write_table(_key(), _acts(20, 4, seed=5), {}, overwrite=True)
+    assert lake.state(tokens, {"c": 1}, lake.identity(_key())) == "stale"
+    assert [problem for _, problem in lake.check()] == [f"stale: computed from {_key()}, which changed or is gone"]
+    assert lake.write_table(tokens, row, {"c": 1}, inputs=lake.identity(_key())) is True
+    assert lake.check() == []
+
+
+def test_staged_files_of_other_hosts_are_kept(tmp_path: Path) -> None:
+    Lake(tmp_path)
+    other_host = tmp_path / "_staging" / "1@some-other-host@abc.parquet"
+    dead_here = tmp_path / "_staging" / f"999999999@{lake_module._HOST}@abc.parquet"
+    other_host.write_bytes(b"partial")
+    dead_here.write_bytes(b"partial")
+    Lake(tmp_path)
+    assert other_host.exists() and not dead_here.exists()
+
+
+def test_read_only_lake_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(LakeError, match="no lake at"):
+        Lake(tmp_path / "typo", read_only=True)
+    assert not (tmp_path / "typo").exists()
+    Lake(tmp_path / "lake").write_table(_key(), _acts(5, 4), {})
+    shutil.rmtree(tmp_path / "lake" / "_locks")
+    shutil.rmtree(tmp_path / "lake" / "_staging")
+    reader = Lake(tmp_path / "lake", read_only=True)
+    assert reader.read_layer("m", "resid", 0).shape == (5, 4)
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["activations"]
 
 
 def test_stale_staging_files_of_dead_processes_are_removed(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from tnb.query import parse_param, run_query, write_result  # lazy: polars and pyarrow, not for --help
 
     params = dict(parse_param(text) for text in args.param or [])
-    frame = run_query(args.lake, args.query, params)
+    frame = run_query(args.lake, args.query, params, lake_only=args.lake_only)
     text = write_result(frame, args.format, args.out)
     if text is not None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -24,16 +24,22 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tnb.report import write_report
+    from tnb.report import ReportError, write_report
 
-    result = write_report(
-        args.lake,
-        args.out,
-        site=args.report_site,
-        method=args.method,
-        drop_first=args.drop_first,
-        top_n=args.top_n,
-    )
+    earlier = (args.out / "index.html").is_file() or (args.out / "report.md").is_file()
+    try:
+        result = write_report(
+            args.lake,
+            args.out,
+            site=args.report_site,
+            method=args.method,
+            drop_first=args.drop_first,
+            top_n=args.top_n,
+        )
+    except OSError as error:  # a figure on a full or read-only disk
+        raise ReportError(f"cannot write the report to {args.out}: {error.strerror or error}") from None
+    if earlier:
+        print(f"report: replaced the earlier report in {args.out}")
     print(f"report: {result.html}")
     return 0
 
@@ -46,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of "
             "--param values) and activation_cells (one layer, long form; needs model, site, layer). "
+            "Polars SQL can also read any file or URL the user can (read_csv('/path')); --lake-only refuses that. "
             f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter."
         ),
     )
@@ -53,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("query", help="a name in sql/ (top_tokens), a .sql file, or a quoted SELECT statement")
     query.add_argument("--format", choices=("table", "csv", "parquet"), default="table", help="output format")
     query.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
+    query.add_argument(
+        "--lake-only", action="store_true",
+        help="refuse SQL that reads files or URLs (read_csv(...) and kin): for statements from an untrusted source",
+    )
     query.add_argument(
         "--param", "-p", action="append", metavar="NAME=VALUE", help="bind a parameter (repeatable): model=gpt2"
     )

@@ -11,11 +11,18 @@ handles one (model, site, layer) partition:
 5. write ``labels`` then ``metrics`` through the lake's atomic writer.
 
 The partition's config (every parameter below plus the code version) is stored in each
-partition's manifest. A partition whose ``metrics`` and ``labels`` are both complete with
-the same config is skipped; one made with another config is an error (the lake refuses
-to mix them) unless ``overwrite``. ``metrics`` is written last, so a crash after
-``labels`` leaves ``metrics`` missing and the partition is redone on the next run.
-Everything is seeded, so a redo gives the same numbers (``seconds`` aside).
+partition's manifest, and so is the identity (sha256) of what it was computed from: the
+activations partition, plus the ``models`` and ``tokens`` partitions when ``drop_first``
+reads them (:func:`input_identity`). A partition whose ``metrics`` and ``labels`` are
+both complete with the same config and the same inputs is skipped; one whose inputs
+changed since (a re-extraction) is *stale* and redone; one made with another config is
+an error (the lake refuses to mix them) unless ``overwrite``. ``metrics`` is written
+last, so a crash after ``labels`` leaves ``metrics`` missing and the partition is redone
+on the next run. Everything is seeded, so a redo gives the same numbers (``seconds`` aside).
+
+Both outputs' locks are held from the check to the publish, so a second run on the same
+layer waits for the first, then skips it (same config) or fails naming the config it
+finds (another config), and never reports "written" for data it did not write.
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ __all__ = [
     "BiclusterParams",
     "PartitionOutcome",
     "bicluster_partition",
-    "is_done",
     "drop_first_mask",
+    "input_identity",
+    "is_done",
     "layer_partitions",
     "output_keys",
+    "partition_state",
 ]
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class PartitionOutcome:
     n_tokens: int = 0
     n_neurons: int = 0
     selected: tuple[int, int] | None = None  # (row_k, col_k) of the selected point, when written
+    reason: str = ""  # why it was written: "missing", "stale" (its inputs changed) or "overwrite"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,8 +163,19 @@ def _labels_table(results: Sequence[Any], pos: np.ndarray) -> pa.Table:
     return pa.concat_tables(pieces).combine_chunks()
 
 
-def is_done(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> bool:
-    """Whether a layer's ``labels`` and ``metrics`` are both complete with ``params``.
+def input_identity(lake: Lake, model: str, site: str, layer: int, drop_first: int) -> dict[str, str]:
+    """``{partition: sha256}`` of every lake partition a layer's biclustering reads."""
+    identity = lake.identity(partition_key("activations", model=model, site=site, layer=layer))
+    if drop_first:
+        models_key = partition_key("models", model=model)
+        identity.update(lake.identity(models_key))
+        stream = lake.read(models_key, columns=["stream"]).column("stream")[0].as_py()
+        identity.update(lake.identity(partition_key("tokens", stream=stream)))
+    return identity
+
+
+def partition_state(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> str:
+    """``"complete"``, ``"stale"`` (its inputs changed since) or ``"missing"``: a layer's labels and metrics.
 
     Raises
     ------
@@ -162,10 +183,24 @@ def is_done(lake: Lake, model: str, site: str, layer: int, params: BiclusterPara
         When either was made with another config.
     """
     config = params.config()
+    inputs = input_identity(lake, model, site, layer, params.drop_first)
     labels_key, metrics_key = output_keys(model, site, layer, params.method, params.drop_first)
     # both checked, so an output made with another config is always reported
-    done = [lake.is_complete(labels_key, config), lake.is_complete(metrics_key, config)]
-    return all(done)
+    states = {lake.state(labels_key, config, inputs), lake.state(metrics_key, config, inputs)}
+    if states == {"complete"}:
+        return "complete"
+    return "stale" if "stale" in states else "missing"
+
+
+def is_done(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> bool:
+    """Whether a layer's ``labels`` and ``metrics`` are both complete with ``params`` and current inputs.
+
+    Raises
+    ------
+    LakeError
+        When either was made with another config.
+    """
+    return partition_state(lake, model, site, layer, params) == "complete"
 
 
 def bicluster_partition(
@@ -196,7 +231,8 @@ def bicluster_partition(
     Returns
     -------
     PartitionOutcome
-        ``status="skipped"`` when both output partitions were complete with this config.
+        ``status="skipped"`` when both output partitions were complete with this config and
+        these inputs; else ``"written"``, with ``reason`` "missing", "stale" or "overwrite".
 
     Raises
     ------
@@ -205,16 +241,29 @@ def bicluster_partition(
     StageError
         The layer has too few rows or neurons for the grid (after ``drop_first``).
     """
+    params = params or BiclusterParams()
+    start = time.perf_counter()
+    labels_key, metrics_key = output_keys(model, site, layer, params.method, params.drop_first)
+    # held from the check to the publish: a concurrent run on this layer waits, then skips or fails
+    with lake.locks([labels_key, metrics_key]):
+        state = "overwrite" if overwrite else partition_state(lake, model, site, layer, params)
+        if state == "complete":
+            return PartitionOutcome(model, site, layer, "skipped", time.perf_counter() - start)
+        outcome = _bicluster_and_publish(lake, model, site, layer, params, null_values)
+    return PartitionOutcome(
+        model, site, layer, "written", time.perf_counter() - start, reason=state, **outcome
+    )
+
+
+def _bicluster_and_publish(
+    lake: Lake, model: str, site: str, layer: int, params: BiclusterParams, null_values: np.ndarray | None
+) -> dict[str, Any]:
     from tnb.bicluster import grid_search
     from tnb.prepare import prepare
 
-    params = params or BiclusterParams()
-    start = time.perf_counter()
     config = params.config()
     labels_key, metrics_key = output_keys(model, site, layer, params.method, params.drop_first)
-    if not overwrite and is_done(lake, model, site, layer, params):
-        return PartitionOutcome(model, site, layer, "skipped", time.perf_counter() - start)
-
+    inputs = input_identity(lake, model, site, layer, params.drop_first)
     matrix, pos = _checked_matrix(lake, model, site, layer, params)
     try:
         results = grid_search(
@@ -223,14 +272,28 @@ def bicluster_partition(
         )
     except ValueError as error:
         raise StageError(f"{model} {site} layer {layer}: {error}") from None
+    if input_identity(lake, model, site, layer, params.drop_first) != inputs:
+        raise LakeError(f"the activations of {model} {site} layer {layer} changed while it was biclustered; re-run")
     # labels first: metrics is the partition's completion marker for the pipeline
-    lake.write_table(labels_key, _labels_table(results, pos), config, overwrite=True)
-    lake.write_table(metrics_key, _metrics_table(results), config, overwrite=True)
+    lake.write_table(labels_key, _labels_table(results, pos), config, overwrite=True, inputs=inputs)
+    lake.write_table(metrics_key, _metrics_table(results), config, overwrite=True, inputs=inputs)
     chosen = next(r for r in results if r.selected)
-    return PartitionOutcome(
-        model, site, layer, "written", time.perf_counter() - start,
-        n_tokens=int(matrix.shape[0]), n_neurons=int(matrix.shape[1]), selected=(chosen.row_k, chosen.col_k),
-    )
+    return {"n_tokens": int(matrix.shape[0]), "n_neurons": int(matrix.shape[1]),
+            "selected": (chosen.row_k, chosen.col_k)}
+
+
+def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams) -> None:
+    """Fail before any work when a layer is too small for the grid (from its manifest and footer only)."""
+    import pyarrow.parquet as pq
+
+    key = partition_key("activations", model=model, site=site, layer=layer)
+    rows = int(lake.manifest(key)["rows"])
+    width = pq.read_schema(lake.path(key)).field("act").type.list_size
+    if rows <= max(params.row_ks) or width <= max(params.col_ks):
+        raise StageError(
+            f"{model} {site} layer {layer} has {rows} tokens x {width} neurons; the grid needs more than "
+            f"{max(params.row_ks)} tokens and {max(params.col_ks)} neurons"
+        )
 
 
 def _checked_matrix(lake: Lake, model: str, site: str, layer: int, params: BiclusterParams):

@@ -39,15 +39,20 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
+    from tnb.extract import preflight
     from tnb.lake import Lake
     from tnb.models import resolve_model
 
-    resolve_model(args.model)
-    Lake(args.lake)
     if args.seq_len > args.max_tokens:
         raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
     if args.corpus_config and not args.corpus:
         raise TnbError("--corpus-config needs --corpus (a hub dataset id such as wikimedia/wikipedia)")
+    # model, positions, layers, weights, a local corpus, a models row on another stream: before any write
+    preflight(
+        Lake(args.lake), resolve_model(args.model), args.corpus, args.corpus_config, args.max_tokens, args.seq_len,
+        getattr(args, "site", None) or getattr(args, "sites", None), getattr(args, "layers", None), args.overwrite,
+        args.text_column, args.max_documents, getattr(args, "bos", False),
+    )
 
 
 def _stream_options(args: argparse.Namespace) -> dict:
@@ -99,8 +104,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors print as one line, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"tnb: error: {self.prog.removeprefix('tnb ').strip()}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
+    parser = _Parser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
     parser.add_argument("--version", action="version", version=f"tnb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -126,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
     extract.set_defaults(func=_cmd_extract)
 
-    for module_name in ("flows.cli", "tnb.analysis_cli"):
+    for module_name in ("flows.cli", "tnb.analysis_cli", "tnb.verify"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:

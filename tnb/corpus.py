@@ -21,6 +21,7 @@ documents that are kept, 0, 1, 2, ... in corpus order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -125,7 +126,8 @@ def _datasets_rows(
                 # datasets fails on a Parquet file without rows ("BatchSize must be greater than 0")
                 return pq.ParquetFile(data_files[0]).schema_arrow.names, iter(())
             options: dict[str, Any] = {"sample_by": txt_sample_by} if builder == "text" else {}
-            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **options)
+            with _offline(datasets):  # a local file: no hub look-up, no download-count ping
+                dataset = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True, **options)
         else:
             dataset = datasets.load_dataset(source, hub_config, split=split, streaming=True)
         return dataset.column_names, iter(dataset)
@@ -134,6 +136,21 @@ def _datasets_rows(
     except Exception as error:  # datasets raises many kinds; the user needs one line
         hint = "" if path.exists() else " (a hub dataset needs the network or the HF cache; or pass a local file)"
         raise CorpusError(f"Cannot load corpus {_describe(source, hub_config)}: {_one_line(error)}{hint}") from error
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """``datasets`` offline for the block, whatever the environment says.
+
+    Without ``HF_HUB_OFFLINE``, loading even a local file makes ``datasets`` send a
+    download-count request to a remote host (seen with strace).
+    """
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS)
+    datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = True, False
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 def _describe(source: str, hub_config: str | None) -> str:

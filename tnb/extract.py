@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tnb.errors import CorpusError, ModelError
+from tnb.errors import CorpusError, LakeError, ModelError, TnbError
 from tnb.lake import Lake, PartitionKey, partition_key
 from tnb.models import (
     SITES,
@@ -106,10 +106,11 @@ def ensure_token_stream(
         "text_column": text_column,
         "max_documents": max_documents,
     }
-    if overwrite or not lake.is_complete(key, config):
-        documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
-        table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
-        lake.write_table(key, table, config, overwrite=True)
+    with lake.lock(key):  # a concurrent run waits here, then finds the stream written
+        if overwrite or not lake.is_complete(key, config):
+            documents = load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
+            table = build_token_stream(documents, tokenizer, max_tokens=max_tokens, seq_len=seq_len)
+            lake.write_table(key, table, config, overwrite=True)
     return stream
 
 
@@ -131,14 +132,108 @@ def model_identity(spec: ModelSpec, stream: str, wrapping: Wrapping, special_tok
     return identity
 
 
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a model's position embeddings cover (None when it has no such limit)."""
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+    return int(limit) - offset
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Read the header of a local model's safetensors files (cheap): truncated or empty weights fail here."""
+    from pathlib import Path
+
+    directory = Path(spec.source)
+    if not directory.is_dir():
+        return
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # noqa: BLE001  (safetensors raises its own error type)
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load the weights of {spec.name} from {path}: {reason}") from None
+
+
+def preflight(
+    lake: Lake,
+    spec: ModelSpec,
+    corpus: str | None,
+    hub_config: str | None,
+    max_tokens: int,
+    seq_len: int,
+    sites: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    overwrite: bool = False,
+    text_column: str = "text",
+    max_documents: int | None = None,
+    add_bos: bool = False,
+) -> None:
+    """Everything an extraction can check before it writes anything, so bad input leaves the lake as it was.
+
+    The model's config, positions, layers and weights' headers; a local corpus (its first
+    document); and a ``models`` row that would pin the model to another token stream.
+    """
+    from pathlib import Path
+
+    from tnb.corpus import corpus_name, load_corpus
+    from tnb.tokens import stream_id
+
+    check_seq_len(spec, seq_len)
+    arch = architecture(load_config(spec))
+    for site in sites or ():
+        if site not in SITES:
+            raise ModelError(f"site should be one of {SITES}. Got {site!r} instead.")
+        if site == "mlp":
+            mlp_module_name(arch.model_type, 1)
+        check_layers(arch, site, None if layers is None else list(layers), spec.name)
+    check_weights(spec)
+    if corpus is None or Path(corpus).expanduser().exists() or not hub_config:
+        load_corpus(corpus, text_column=text_column, max_documents=max_documents, hub_config=hub_config)
+    if sites is not None and not overwrite:
+        tokenizer_name, tokenizer = load_tokenizer(spec)
+        stream = stream_id(corpus_name(corpus, hub_config), tokenizer_name, max_tokens, seq_len)
+        try:
+            wrapping = special_wrapping(tokenizer, add_bos=add_bos)
+        except ValueError as error:
+            raise ModelError(str(error)) from None
+        special_tokens = wrapping.template(tokenizer)
+        identity = model_identity(spec, stream, wrapping, special_tokens)
+        register_model(lake, spec, arch, identity, special_tokens, check_only=True)
+
+
+def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
+    """Fail, naming both numbers, when ``seq_len`` is beyond the model's position embeddings."""
+    limit = max_positions(load_config(spec))
+    if limit is not None and seq_len > limit:
+        raise ModelError(f"--seq-len should be <= {limit}, the positions of {spec.name}. Got {seq_len} instead.")
+
+
 def register_model(
     lake: Lake, spec: ModelSpec, arch: Architecture, identity: dict[str, Any], special_tokens: str,
-    overwrite: bool = False,
-) -> None:
-    """Record which stream a model's activations are aligned to, and how (the ``models`` table)."""
+    overwrite: bool = False, check_only: bool = False,
+) -> bool:
+    """Record which stream a model's activations are aligned to, and how (the ``models`` table).
+
+    Returns whether the row is (to be) written. ``check_only``: raise if the row would
+    conflict, write nothing.
+    """
     key = partition_key("models", model=spec.name)
-    if not overwrite and lake.is_complete(key, identity) and lake.read(key).schema.names == MODELS.names:
-        return  # (a row written before the table gained columns is rewritten in the current schema)
+    if not overwrite:
+        try:
+            if lake.is_complete(key, identity) and lake.read(key).schema.names == MODELS.names:
+                return False  # (a row written before the table gained columns is rewritten in the current schema)
+        except LakeError:
+            # another stream: an error only when activations were made from it (else it is
+            # the row of an extraction that failed before publishing anything)
+            if any(k.as_dict()["model"] == spec.name for k in lake.partitions("activations")):
+                raise
+    if check_only:
+        return True
     row = {
         "source": _source(spec),
         "architecture": arch.model_type,
@@ -150,6 +245,7 @@ def register_model(
         **model_record(spec),
     }
     lake.write_table(key, pa.Table.from_pylist([row], schema=MODELS), identity, overwrite=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -222,7 +318,12 @@ def extract_activations(
     for site in sites:
         if site not in SITES:
             raise ModelError(f"site should be one of {SITES}. Got {site!r} instead.")
-    arch = architecture(load_config(spec))
+    model_config = load_config(spec)
+    arch = architecture(model_config)
+    tokens_manifest = lake.manifest(partition_key("tokens", stream=stream)) or {}
+    seq_len, limit = tokens_manifest.get("config", {}).get("seq_len"), max_positions(model_config)
+    if seq_len is not None and limit is not None and seq_len > limit:
+        raise ModelError(f"--seq-len should be <= {limit}, the positions of {spec.name}. Got {seq_len} instead.")
     wanted: list[tuple[str, int, PartitionKey]] = []
     for site in sites:
         if site == "mlp":
@@ -236,12 +337,17 @@ def extract_activations(
         raise ModelError(str(error)) from None
     special_tokens = wrapping.template(tokenizer)
     identity = model_identity(spec, stream, wrapping, special_tokens)
-    register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite)
     config = {**identity, "dtype": dtype}
-    todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config)]
-    skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
-    if todo:
-        _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping)
+    inputs = lake.identity(partition_key("tokens", stream=stream))
+    # locks held from the check to the publish: a concurrent run waits, then skips what is done
+    with lake.locks([k for _, _, k in wanted] + [partition_key("models", model=spec.name)]):
+        replace_row = register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite, check_only=True)
+        todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config, inputs)]
+        skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
+        if todo:
+            _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping, inputs)
+        # the models row once its activations exist
+        register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite or replace_row)
     return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped)
 
 
@@ -257,6 +363,7 @@ def _run_model(
     device: str,
     progress: bool,
     wrapping: Wrapping,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     import torch
     from tqdm.auto import tqdm
@@ -265,13 +372,19 @@ def _run_model(
     token_ids = tokens.column("token_id").to_numpy()
     seq_ids = tokens.column("seq_id").to_numpy()
     device = pick_device(device)
-    model = load_model(spec, device)
+    try:
+        model = load_model(spec, device)
+    except TnbError:
+        raise
+    except Exception as error:  # noqa: BLE001  (truncated or empty weights: safetensors raises its own type)
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
     need_resid = any(site == "resid" for site, _, _ in todo)
     with contextlib.ExitStack() as stack:
         writers = {
             (site, layer): stack.enter_context(
-                lake.writer(key, activations_schema(arch.width(site), dtype), config)
+                lake.writer(key, activations_schema(arch.width(site), dtype), config, inputs)
             )
             for site, layer, key in todo
         }
@@ -283,11 +396,17 @@ def _run_model(
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
                 content = wrapping.content(ids.shape[1])
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
-                output = model(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    output_hidden_states=need_resid,
-                )
+                try:
+                    output = model(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        output_hidden_states=need_resid,
+                    )
+                except (IndexError, RuntimeError) as error:  # e.g. sequences beyond the position embeddings
+                    raise ModelError(
+                        f"the forward pass of {spec.name} failed on sequences of {input_ids.shape[1]} tokens "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+                    ) from None
                 hidden = output.hidden_states if need_resid else None
                 if need_resid and len(hidden) != arch.n_layers + 1:
                     raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")

@@ -13,9 +13,20 @@ manifest (rows, schema, size, sha256, the config that made it, code version) is
 written after the data; a partition is *complete* when both exist and agree.
 A crash between the two leaves a partition that re-runs treat as missing.
 
+A derived partition also records the identity (sha256) of every partition it was
+computed from (``inputs`` in its manifest); when one of them has changed since, the
+partition is *stale* and the stage that writes it redoes it.
+
+Reads check what is cheap every time: the file's size and its Parquet footer (row
+count) against the manifest, and the sha256 of every file read whole
+(:meth:`Lake.read`). :meth:`Lake.check` hashes everything (``tnb verify``). A
+partition that is present but broken is an error for readers, never silently left out.
+
 Two writers on one partition cannot both publish: each holds an exclusive
 ``fcntl.flock`` on the partition's lock file for the whole write, released by the
-kernel even on ``kill -9``.
+kernel even on ``kill -9``. A second writer waits for the first (up to
+``TNB_LOCK_TIMEOUT_S``, default 3600 s) and then re-checks what is left to do, so
+work the first has finished with the same config is skipped, not redone.
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +59,10 @@ if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
 DATA_FILE = "part-0.parquet"
+LOCK_TIMEOUT_ENV = "TNB_LOCK_TIMEOUT_S"
+FAULT_ENV = "TNB_FAULT_AT"  # fault injection (tests, bench/robustness.py): see _fault_point
+_LOG = logging.getLogger("tnb.lake")
+_HOST = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
 MANIFEST_FILE = "_manifest.json"
 _VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -111,10 +128,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, payload: Mapping[str, Any], staging: Path) -> None:
-    tmp = staging / f"{os.getpid()}-{uuid.uuid4().hex}.json"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def _staged_name(suffix: str) -> str:
+    """``<pid>@<host>@<uuid><suffix>``: a lake shared by several hosts knows whose file it is."""
+    return f"{os.getpid()}@{_HOST}@{uuid.uuid4().hex}{suffix}"
+
+
+def _staged_owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) of a staged file, or None for a name tnb did not make."""
+    parts = name.split("@")
+    if len(parts) == 3 and parts[0].isdigit():
+        return int(parts[0]), parts[1]
+    legacy = name.split("-", 1)[0]  # <pid>-<uuid> of older versions: this host's
+    return (int(legacy), _HOST) if legacy.isdigit() else None
+
+
+def _fault_point(step: str, table: str) -> None:
+    """Kill this process (SIGKILL, as ``kill -9``) at a publish step named by ``TNB_FAULT_AT=<step>:<table>``.
+
+    Used only by the fault-injection suite, to stop a writer between any two steps of a publish.
+    """
+    if os.environ.get(FAULT_ENV) == f"{step}:{table}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -141,16 +177,28 @@ def _float_columns(schema: pa.Schema) -> list[str]:
 class PartitionWriter:
     """Stage one partition in row groups, then publish it whole (see :meth:`Lake.writer`)."""
 
-    def __init__(self, lake: Lake, key: PartitionKey, schema: pa.Schema, config: Mapping[str, Any]):
+    def __init__(
+        self,
+        lake: Lake,
+        key: PartitionKey,
+        schema: pa.Schema,
+        config: Mapping[str, Any],
+        inputs: Mapping[str, str] | None = None,
+    ):
         expected = expected_schema(key.table, schema)
         if not schema.equals(expected):
             raise SchemaError(f"schema for {key} does not match the {key.table} table: got {schema}, expected {expected}")
         self.lake, self.key, self.schema, self.config = lake, key, schema, dict(config)
-        self.staged = lake.staging / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        self.inputs = dict(sorted((inputs or {}).items()))
+        self.staged = lake.staging / _staged_name(".parquet")
         dictionary = [name for name in schema.names if name not in _float_columns(schema)]
-        self._writer = pq.ParquetWriter(
-            self.staged, schema, compression="zstd", use_dictionary=dictionary or False, write_statistics=True
-        )
+        try:
+            self._writer = pq.ParquetWriter(
+                self.staged, schema, compression="zstd", use_dictionary=dictionary or False, write_statistics=True
+            )
+        except OSError as error:
+            self.staged.unlink(missing_ok=True)
+            raise LakeError(f"cannot write to the lake at {lake.root}: {_os_reason(error)}") from None
         self.rows = 0
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
@@ -158,10 +206,19 @@ class PartitionWriter:
         if not data.schema.equals(self.schema):
             raise SchemaError(f"rows for {self.key} have schema {data.schema}, expected {self.schema}")
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
-        self._writer.write_table(table)
+        try:
+            self._writer.write_table(table)
+        except OSError as error:
+            raise LakeError(f"cannot write {self.key} to the lake at {self.lake.root}: {_os_reason(error)}") from None
         self.rows += table.num_rows
 
     def _publish(self) -> Path:
+        try:
+            return self._publish_staged()
+        except OSError as error:
+            raise LakeError(f"cannot publish {self.key} in the lake at {self.lake.root}: {_os_reason(error)}") from None
+
+    def _publish_staged(self) -> Path:
         self._writer.close()
         written = pq.read_metadata(self.staged)
         if not written.schema.to_arrow_schema().equals(self.schema) or written.num_rows != self.rows:
@@ -169,7 +226,6 @@ class PartitionWriter:
         target_dir = self.lake.root / self.key.relpath
         target_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = target_dir / MANIFEST_FILE
-        manifest_path.unlink(missing_ok=True)  # the partition is incomplete from here until the end
         manifest = {
             "partition": str(self.key),
             "keys": self.key.as_dict(),
@@ -178,11 +234,23 @@ class PartitionWriter:
             "sha256": _sha256(self.staged),
             "schema": self.schema.to_string(show_field_metadata=False),
             "config": self.config,
+            "inputs": self.inputs,
             "code_version": __version__,
             "host": socket.gethostname(),
         }
-        os.replace(self.staged, target_dir / DATA_FILE)
-        _write_json_atomic(manifest_path, manifest, self.lake.staging)
+        staged_manifest = self.lake.staging / _staged_name(".json")
+        table = self.key.table
+        try:
+            staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            _fault_point("staged", table)
+            manifest_path.unlink(missing_ok=True)  # the partition is incomplete from here until the end
+            _fault_point("unlinked", table)
+            os.replace(self.staged, target_dir / DATA_FILE)
+            _fault_point("replaced", table)
+            os.replace(staged_manifest, manifest_path)
+            _fault_point("published", table)
+        finally:
+            staged_manifest.unlink(missing_ok=True)
         return target_dir / DATA_FILE
 
     def _abort(self) -> None:
@@ -191,17 +259,40 @@ class PartitionWriter:
         self.staged.unlink(missing_ok=True)
 
 
+def _os_reason(error: OSError) -> str:
+    import errno
+
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device; free some space and re-run (complete partitions are kept)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied ({error.filename or 'lake'}); the lake or part of it is read-only"
+    return error.strerror or str(error)
+
+
+def _canonical(config: Mapping[str, Any]) -> Any:
+    return json.loads(json.dumps(dict(config), default=str))
+
+
 class Lake:
-    """A lake rooted at a directory. Creating one checks that the root is writable.
+    """A lake rooted at a directory.
 
     Parameters
     ----------
     root : path
-        The lake's root directory; created if missing.
+        The lake's root directory; created if missing (unless ``read_only``).
+    read_only : bool
+        Only read: the root must exist, nothing is created or cleaned there, and it may
+        be on a read-only filesystem (``tnb query``, ``tnb report``).
     """
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], read_only: bool = False):
         self.root = Path(root).expanduser().absolute()
+        self.read_only = read_only
+        self._held: dict[PartitionKey, Any] = {}
+        if read_only:
+            if not self.root.is_dir():
+                raise LakeError(f"no lake at {self.root}; check --lake (a lake is made by `tnb extract` or `tnb run`)")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.staging.mkdir(exist_ok=True)
@@ -218,10 +309,14 @@ class Lake:
         return self.root / "_staging"
 
     def _clean_stale_staging(self) -> None:
-        """Remove files staged by processes that died (a kill -9 mid-write)."""
+        """Remove files staged on this host by processes that died (a kill -9 mid-write).
+
+        Files staged on another host (a lake on a shared mount) are left alone: whether
+        their process lives cannot be told from here.
+        """
         for path in self.staging.iterdir():
-            pid_text = path.name.split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            owner = _staged_owner(path.name)
+            if owner is not None and owner[1] == _HOST and not _pid_alive(owner[0]):
                 path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- state
@@ -236,23 +331,71 @@ class Lake:
             if path.name not in (DATA_FILE, MANIFEST_FILE):
                 raise LakeError(f"foreign file in lake partition {key}: {path}; move it out of the lake")
 
-    def manifest(self, key: PartitionKey) -> dict[str, Any] | None:
-        """The manifest of a complete partition, or ``None`` when it is absent or incomplete."""
+    def _load_manifest(self, key: PartitionKey) -> tuple[dict[str, Any] | None, str | None]:
+        """(manifest, None) for a complete partition; (None, why) for a present but broken one; (None, None) if absent."""
         self._check_partition_files(key)
         directory = self.partition_dir(key)
         data, manifest_path = directory / DATA_FILE, directory / MANIFEST_FILE
-        if not (data.exists() and manifest_path.exists()):
-            return None
+        if not data.exists() and not manifest_path.exists():
+            return None, None
+        if not manifest_path.exists():
+            return None, "its data file has no manifest"
+        if not data.exists():
+            return None, "its manifest has no data file"
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise LakeError(f"corrupt manifest in lake: {manifest_path}; remove the partition or pass --overwrite") from None
-        if manifest.get("bytes") != data.stat().st_size:
-            return None  # data replaced after the manifest: a crash mid-publish
+            rows, size = int(manifest["rows"]), int(manifest["bytes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, "its manifest is unreadable"
+        if size != data.stat().st_size:
+            return None, f"its data file has {data.stat().st_size} bytes, its manifest says {size}"
+        try:
+            footer = pq.read_metadata(data)
+        except (pa.ArrowInvalid, OSError) as error:
+            return None, f"its data file is not readable Parquet ({str(error).splitlines()[0]})"
+        if footer.num_rows != rows:
+            return None, f"its data file has {footer.num_rows} rows, its manifest says {rows}"
+        return manifest, None
+
+    def manifest(self, key: PartitionKey) -> dict[str, Any] | None:
+        """The manifest of a complete partition, or ``None`` when it is absent, incomplete or broken.
+
+        Checked every time: the data file's size and its Parquet footer's row count.
+        """
+        return self._load_manifest(key)[0]
+
+    def problem(self, key: PartitionKey) -> str | None:
+        """Why a partition that is present is not complete (None when complete or absent)."""
+        return self._load_manifest(key)[1]
+
+    def _being_written(self, key: PartitionKey) -> bool:
+        if key in self._held:
+            return True
+        lock_path = self._lock_path(key)
+        if self.read_only or not lock_path.exists():
+            return False
+        with lock_path.open("a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            return False
+
+    def _complete_for_reading(self, key: PartitionKey) -> dict[str, Any] | None:
+        manifest, why = self._load_manifest(key)
+        if why is not None and not self._being_written(key):
+            raise LakeError(
+                f"corrupt file in lake: partition {key} ({why}); run `tnb verify --lake {self.root} --repair` "
+                "or re-run the stage that writes it"
+            )
         return manifest
 
-    def is_complete(self, key: PartitionKey, config: Mapping[str, Any] | None = None) -> bool:
-        """Whether ``key`` is published whole; with ``config``, also that it was made with it.
+    def state(
+        self, key: PartitionKey, config: Mapping[str, Any] | None = None, inputs: Mapping[str, str] | None = None
+    ) -> str:
+        """``"missing"``, ``"complete"`` or ``"stale"`` (complete, but computed from other ``inputs``).
 
         Raises
         ------
@@ -262,53 +405,113 @@ class Lake:
         """
         manifest = self.manifest(key)
         if manifest is None:
-            return False
+            return "missing"
         if config is not None:
-            made_with = json.loads(json.dumps(manifest.get("config", {}), default=str))
-            wanted = json.loads(json.dumps(dict(config), default=str))
+            made_with, wanted = _canonical(manifest.get("config", {})), _canonical(config)
             if made_with != wanted:
                 changed = sorted(k for k in set(made_with) | set(wanted) if made_with.get(k) != wanted.get(k))
                 detail = ", ".join(f"{k}: {made_with.get(k)!r} in lake vs {wanted.get(k)!r} now" for k in changed)
                 raise LakeError(f"partition {key} was made with another config ({detail}); pass --overwrite to redo it")
-        return True
+        if inputs is not None and manifest.get("inputs", {}) != dict(inputs):
+            return "stale"
+        return "complete"
+
+    def is_complete(
+        self, key: PartitionKey, config: Mapping[str, Any] | None = None, inputs: Mapping[str, str] | None = None
+    ) -> bool:
+        """Whether ``key`` is published whole; with ``config`` (and ``inputs``), also made with them.
+
+        Raises
+        ------
+        LakeError
+            When the partition is complete but was made with another config.
+        """
+        return self.state(key, config, inputs) == "complete"
+
+    def identity(self, key: PartitionKey) -> dict[str, str]:
+        """``{partition: sha256}`` of a complete partition: what a derived partition records as its input."""
+        manifest = self._complete_for_reading(key)
+        if manifest is None:
+            raise LakeError(f"partition {key} is not in the lake at {self.root}; run the stage that writes it first")
+        return {str(key): manifest["sha256"]}
 
     def verify(self, key: PartitionKey) -> dict[str, Any]:
         """Check a partition's checksum, row count and schema against its manifest."""
-        manifest = self.manifest(key)
-        if manifest is None:
-            raise LakeError(f"partition {key} is missing or incomplete")
+        manifest, why = self._load_manifest(key)
         data = self.partition_dir(key) / DATA_FILE
+        if manifest is None:
+            raise LakeError(f"corrupt file in lake: {data} ({why})" if why else f"partition {key} is missing")
         if _sha256(data) != manifest["sha256"]:
             raise LakeError(f"corrupt file in lake: {data} (checksum differs from its manifest)")
-        try:
-            metadata = pq.read_metadata(data)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise LakeError(f"corrupt file in lake: {data} ({error})") from None
-        if metadata.num_rows != manifest["rows"]:
-            raise LakeError(f"corrupt file in lake: {data} (rows differ from its manifest)")
         return manifest
 
-    def partitions(self, table: str) -> list[PartitionKey]:
-        """Every complete partition of ``table``, in sorted order."""
+    def check(self) -> list[tuple[str, str]]:
+        """Hash every partition and compare it with its manifest and with the inputs it records.
+
+        Returns
+        -------
+        list of (partition, problem)
+            ``problem`` starts with ``corrupt``, ``incomplete`` or ``stale``; empty when all is well.
+        """
+        found: list[tuple[str, str]] = []
+        identities: dict[str, str] = {}
+        derived: list[tuple[PartitionKey, dict[str, str]]] = []
+        for table in PARTITION_KEYS:
+            for key in self._partition_dirs(table):
+                if self._being_written(key):
+                    continue
+                manifest, why = self._load_manifest(key)
+                if manifest is None:
+                    if why is not None:
+                        found.append((str(key), f"incomplete or corrupt: {why}"))
+                    continue
+                if _sha256(self.partition_dir(key) / DATA_FILE) != manifest.get("sha256"):
+                    found.append((str(key), "corrupt: checksum differs from its manifest"))
+                    continue
+                identities[str(key)] = manifest["sha256"]
+                if manifest.get("inputs"):
+                    derived.append((key, manifest["inputs"]))
+        for key, inputs in derived:
+            changed = sorted(name for name, sha in inputs.items() if identities.get(name) != sha)
+            if changed:
+                found.append((str(key), f"stale: computed from {', '.join(changed)}, which changed or is gone"))
+        return found
+
+    def _partition_dirs(self, table: str) -> list[PartitionKey]:
+        """Every partition directory of ``table`` that holds a data file or a manifest."""
         names = PARTITION_KEYS.get(table)
         if names is None:
             raise LakeError(f"unknown lake table {table!r}; tables are {sorted(PARTITION_KEYS)}")
         base = self.root / table
         if not base.exists():
             return []
-        found = []
-        for manifest_path in sorted(base.glob("/".join(["*"] * len(names)) + "/" + MANIFEST_FILE)):
-            parts = manifest_path.parent.relative_to(base).parts
+        pattern = "/".join(["*"] * len(names))
+        directories = sorted({path.parent for name in (DATA_FILE, MANIFEST_FILE) for path in base.glob(f"{pattern}/{name}")})
+        keys = []
+        for directory in directories:
             values = {}
-            for name, part in zip(names, parts, strict=True):
+            for name, part in zip(names, directory.relative_to(base).parts, strict=True):
                 key_name, _, raw = part.partition("=")
                 if key_name != name:
-                    raise LakeError(f"foreign directory in lake table {table}: {manifest_path.parent}")
+                    raise LakeError(f"foreign directory in lake table {table}: {directory}; move it out of the lake")
                 values[name] = int(raw) if name in INT_KEYS and raw.isdigit() else raw
-            key = partition_key(table, **values)
-            if self.manifest(key) is not None:
-                found.append(key)
-        return found
+            try:
+                keys.append(partition_key(table, **values))
+            except LakeError:
+                raise LakeError(f"foreign directory in lake table {table}: {directory}; move it out of the lake") from None
+        return keys
+
+    def partitions(self, table: str) -> list[PartitionKey]:
+        """Every complete partition of ``table``, in sorted order.
+
+        Raises
+        ------
+        LakeError
+            When a partition is present but broken (truncated, no manifest, rows that
+            disagree): leaving it out would silently drop it from every result. One
+            being written by another process is left out.
+        """
+        return [key for key in self._partition_dirs(table) if self._complete_for_reading(key) is not None]
 
     def check_table(self, table: str) -> None:
         """Raise on any file under ``table`` that is not a partition's data or manifest."""
@@ -325,25 +528,69 @@ class Lake:
                 raise LakeError(f"foreign file in lake table {table}: {path}; move it out of the lake")
 
     # ---------------------------------------------------------------- writes
+    def _lock_path(self, key: PartitionKey) -> Path:
+        return self.root / "_locks" / (str(key).replace("/", "__") + ".lock")
+
     @contextlib.contextmanager
-    def lock(self, key: PartitionKey) -> Iterator[None]:
-        """Hold the partition's write lock; fail at once if another process holds it."""
-        lock_path = self.root / "_locks" / (str(key).replace("/", "__") + ".lock")
-        handle = lock_path.open("a+")
-        try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LakeError(f"partition {key} is being written by another process; wait for it or stop it") from None
+    def lock(self, key: PartitionKey, timeout: float | None = None) -> Iterator[None]:
+        """Hold the partition's write lock, waiting for another process that holds it.
+
+        Re-entrant within one :class:`Lake` object. ``timeout`` (seconds, default
+        ``TNB_LOCK_TIMEOUT_S`` or 3600; 0 fails at once) bounds the wait.
+        """
+        if self.read_only:
+            raise LakeError(f"the lake at {self.root} was opened read-only")
+        if key in self._held:
             yield
+            return
+        if timeout is None:
+            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "3600"))
+        try:
+            handle = self._lock_path(key).open("a+")
+        except OSError as error:
+            raise LakeError(f"cannot lock {key} in the lake at {self.root}: {_os_reason(error)}") from None
+        try:
+            deadline, told = time.monotonic() + timeout, False
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LakeError(
+                            f"partition {key} is being written by another process; wait for it or stop it"
+                        ) from None
+                    if not told:
+                        _LOG.warning("partition %s is being written by another process; waiting for it", key)
+                        told = True
+                    time.sleep(0.2)
+            self._held[key] = handle
+            try:
+                yield
+            finally:
+                del self._held[key]
         finally:
             handle.close()
 
     @contextlib.contextmanager
+    def locks(self, keys: Sequence[PartitionKey], timeout: float | None = None) -> Iterator[None]:
+        """Hold several partitions' locks (taken in sorted order, so two processes never deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(keys), key=str):
+                stack.enter_context(self.lock(key, timeout))
+            yield
+
+    @contextlib.contextmanager
     def writer(
-        self, key: PartitionKey, schema: pa.Schema, config: Mapping[str, Any]
+        self,
+        key: PartitionKey,
+        schema: pa.Schema,
+        config: Mapping[str, Any],
+        inputs: Mapping[str, str] | None = None,
     ) -> Iterator[PartitionWriter]:
         """Write one partition in pieces; it is published only if the block exits cleanly.
+
+        ``inputs`` (``{partition: sha256}``, see :meth:`identity`) records what it was computed from.
 
         >>> with lake.writer(key, schema, config) as out:   # doctest: +SKIP
         ...     for batch in batches:
@@ -351,7 +598,7 @@ class Lake:
         """
         self._check_partition_files(key)
         with self.lock(key):
-            out = PartitionWriter(self, key, schema, config)
+            out = PartitionWriter(self, key, schema, config, inputs)
             try:
                 yield out
             except BaseException:
@@ -369,12 +616,18 @@ class Lake:
         table: pa.Table,
         config: Mapping[str, Any],
         overwrite: bool = False,
+        inputs: Mapping[str, str] | None = None,
     ) -> bool:
-        """Publish ``table`` as partition ``key``. Returns False when it was complete and skipped."""
-        if not overwrite and self.is_complete(key, config):
-            return False
-        with self.writer(key, table.schema, config) as out:
-            out.write(table)
+        """Publish ``table`` as partition ``key``. Returns False when it was complete and skipped.
+
+        Without ``overwrite``, the check is repeated once the lock is held, so a writer
+        that waited for another one skips what that one has just published.
+        """
+        with self.lock(key):
+            if not overwrite and self.is_complete(key, config, inputs):
+                return False
+            with self.writer(key, table.schema, config, inputs) as out:
+                out.write(table)
         return True
 
     def remove(self, key: PartitionKey) -> None:
@@ -389,21 +642,33 @@ class Lake:
 
     # ---------------------------------------------------------------- reads
     def path(self, key: PartitionKey) -> Path:
-        """The data file of a complete partition."""
-        if self.manifest(key) is None:
+        """The data file of a complete partition (size and footer checked)."""
+        if self._complete_for_reading(key) is None:
             raise LakeError(f"partition {key} is not in the lake at {self.root}; run the stage that writes it first")
         return self.partition_dir(key) / DATA_FILE
 
     def read(self, key: PartitionKey, columns: list[str] | None = None) -> pa.Table:
-        """One complete partition as an Arrow table (without its partition columns)."""
-        path = self.path(key)
+        """One complete partition as an Arrow table (without its partition columns), its sha256 checked."""
+        manifest = self._complete_for_reading(key)
+        path = self.partition_dir(key) / DATA_FILE
+        if manifest is None:
+            raise LakeError(f"partition {key} is not in the lake at {self.root}; run the stage that writes it first")
         try:
-            return pq.read_table(path, columns=columns)
+            content = path.read_bytes()
+        except OSError as error:
+            raise LakeError(f"cannot read {path}: {_os_reason(error)}") from None
+        if hashlib.sha256(content).hexdigest() != manifest["sha256"]:
+            raise LakeError(
+                f"corrupt file in lake: {path} (checksum differs from its manifest); "
+                f"run `tnb verify --lake {self.root} --repair`"
+            )
+        try:
+            return pq.read_table(pa.BufferReader(content), columns=columns)
         except (pa.ArrowInvalid, OSError) as error:
             raise LakeError(f"corrupt file in lake: {path} ({error})") from None
 
     def scan(self, table: str) -> pl.LazyFrame:
-        """A lazy Polars scan of a whole table, partition keys as columns."""
+        """A lazy Polars scan of a whole table, partition keys as columns (sizes and footers checked)."""
         self.check_table(table)
         files = [self.partition_dir(key) / DATA_FILE for key in self.partitions(table)]
         if not files:

@@ -17,6 +17,12 @@ Every lake table is registered under its own name (``tokens``, ``models``, ``lab
     (:func:`tnb.topicality.lake_topicality`, every drop_first); computed only when a
     statement mentions it.
 
+Statements are Polars SQL, which can also *read files and URLs* through its table
+functions (``read_csv('/etc/passwd')``, ``read_parquet('https://...')``) with the rights
+of the user who runs it. For SQL from a source you do not trust, pass ``lake_only=True``
+(``tnb query --lake-only``): a statement that calls a table function is refused, so it
+can read only the tables registered here. The lake is opened read-only either way.
+
 >>> run_query("lake", "top_tokens", params={"model": "minilm", "layer": 3})  # doctest: +SKIP
 """
 
@@ -155,7 +161,7 @@ def tables(lake: Lake | str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
         ``tokens``, ``models``, ``labels`` and ``metrics``; an empty table has the right
         columns and no rows.
     """
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = lake if isinstance(lake, Lake) else Lake(lake, read_only=True)
     return {name: _scan(lake, name) for name in LAKE_TABLES}
 
 
@@ -177,7 +183,7 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
 
 def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[str, Any] | None = None) -> pl.SQLContext:
     """A SQLContext with the lake tables, ``params`` and (if ``sql`` needs it) ``activation_cells``."""
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = lake if isinstance(lake, Lake) else Lake(lake, read_only=True)
     bound = params_frame(params)
     frames: dict[str, pl.LazyFrame] = dict(tables(lake))
     frames["params"] = bound.lazy()
@@ -197,8 +203,25 @@ def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[
     return pl.SQLContext(frames=frames)
 
 
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_TABLE_FUNCTION = re.compile(r"\b(read_\w+)\s*\(", re.IGNORECASE)
+
+
+def check_lake_only(sql: str) -> None:
+    """Refuse a statement that calls a table function (``read_csv(...)`` and kin: files and URLs)."""
+    bare = _COMMENT.sub(" ", _LITERAL.sub("''", sql))
+    bare = re.sub(r'["`\[\]]', "", bare)  # "read_csv"(...) is the same call
+    found = _TABLE_FUNCTION.search(bare)
+    if found:
+        raise QueryError(
+            f"--lake-only: the statement calls {found.group(1)}(), which reads files or URLs outside the lake; "
+            f"only the tables {', '.join((*LAKE_TABLES, 'params', 'activation_cells', 'topicality'))} may be read"
+        )
+
+
 def run_query(
-    lake: Lake | str | os.PathLike[str], query: str, params: Mapping[str, Any] | None = None
+    lake: Lake | str | os.PathLike[str], query: str, params: Mapping[str, Any] | None = None, lake_only: bool = False
 ) -> pl.DataFrame:
     """Run a bundled query, a ``.sql`` file or an inline statement against a lake.
 
@@ -209,12 +232,18 @@ def run_query(
         ``"top_tokens"``, ``"sql/top_tokens.sql"``, a path, or ``"SELECT ..."``.
     params : mapping, optional
         Values for the ``params`` table (see :data:`PARAMS`); bound as data, never as SQL text.
+    lake_only : bool
+        Refuse statements that read anything but the registered tables (:func:`check_lake_only`).
     """
     name, sql = resolve_sql(query)
+    if lake_only:
+        check_lake_only(sql)
     ctx = context(lake, sql, params)
     try:
         return ctx.execute(sql, eager=True)
-    except (pl.exceptions.PolarsError, ValueError) as error:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001  (Polars errors, OSError from a table function, a Rust panic)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QueryError(f"query {name} failed: {first}") from None
 
@@ -227,13 +256,18 @@ def write_result(frame: pl.DataFrame, fmt: Format = "table", out: str | os.PathL
         raise QueryError("--format parquet needs --out PATH")
     if out is not None:
         path = Path(out).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "parquet":
-            frame.write_parquet(path)
-        elif fmt == "csv":
-            frame.write_csv(path)
-        else:
-            path.write_text(_as_table(frame) + "\n")
+        if path.is_dir():
+            raise QueryError(f"--out {path} is a directory; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                frame.write_parquet(path)
+            elif fmt == "csv":
+                frame.write_csv(path)
+            else:
+                path.write_text(_as_table(frame) + "\n")
+        except OSError as error:
+            raise QueryError(f"cannot write {path}: {error.strerror or error}") from None
         return None
     return frame.write_csv() if fmt == "csv" else _as_table(frame)
 

@@ -155,9 +155,14 @@ def _html_table(frame: pl.DataFrame, caption: str = "") -> str:
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _md_text(text: str) -> str:
+    """Text from the data (token text, names) as Markdown that renders it, never as HTML markup."""
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
 def _md_table(frame: pl.DataFrame) -> str:
     def cell(value: object) -> str:
-        return _fmt(value).replace("|", "\\|").replace("\n", " ")
+        return _md_text(_fmt(value)).replace("\n", " ")
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.rows()]
@@ -315,10 +320,17 @@ def write_report(
         Layer of each model drawn as a bicluster map, grid and null (default: its finding
         with the largest excess; without a significant layer, no map is drawn).
     """
-    lake = Lake(lake_root)
-    out = Path(out_dir).expanduser()
+    lake = Lake(lake_root, read_only=True)
+    out = Path(out_dir).expanduser().absolute()
+    if out.resolve() == lake.root.resolve() or lake.root.resolve() in out.resolve().parents:
+        raise ReportError(f"--out {out} is inside the lake at {lake.root}; write the report outside the lake")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a directory for the report")
     figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ReportError(f"cannot write the report to {out}: {error.strerror or error}") from None
     base = {"site": site, "method": method}
     curves_all = run_query(lake, "emergence_curves", {**base, "drop_first": None})
     if curves_all.is_empty():
@@ -448,8 +460,11 @@ def write_report(
     families = pl.concat(family_tables, how="diagonal") if family_tables else pl.DataFrame()
 
     html_path, md_path = out / "index.html", out / "report.md"
-    html_path.write_text(doc.render_html(), encoding="utf-8")
-    md_path.write_text(doc.render_md(), encoding="utf-8")
+    try:
+        html_path.write_text(doc.render_html(), encoding="utf-8")
+        md_path.write_text(doc.render_md(), encoding="utf-8")
+    except OSError as error:
+        raise ReportError(f"cannot write the report to {out}: {error.strerror or error}") from None
     return Report(
         html=html_path,
         markdown=md_path,
@@ -680,7 +695,7 @@ def _cluster_sections(
                 f"<td><code>{html.escape(top_text)}</code></td><td>{kwic_html}</td></tr>"
             )
             md_rows.append(
-                f"| {number} | {spread_text} | {flag} | {top_text.replace('|', chr(92) + '|')} | {kwic_md.replace('|', chr(92) + '|')} |"
+                f"| {number} | {spread_text} | {flag} | {_md_text(top_text)} | {_md_text(kwic_md)} |"
             )
         header = "<tr><th>cluster</th><th>spread</th><th>flag</th><th>top tokens by shrunk lift</th><th>in context</th></tr>"
         doc.raw(

@@ -84,6 +84,27 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
 
+def _encode_prefix(tokenizer: PreTrainedTokenizerBase, text: str, needed: int) -> list[int]:
+    """The first ``needed`` (or more) token ids of ``text``, tokenizing only a prefix of a long document.
+
+    Memory is then bounded by ``max_tokens``, not by the longest document (a 26 MB
+    document took 3.95 GB whole). The prefix is cut far beyond the tokens kept, and
+    grown until it yields ``needed`` tokens with a margin, so the tokens kept are those of
+    the whole document: a cut changes only the token it falls in.
+    """
+    limit = max(needed, 1) * _CHARS_PER_TOKEN
+    while limit < len(text):
+        ids = _encode(tokenizer, text[:limit])
+        if len(ids) >= needed + _CUT_MARGIN:
+            return ids[:needed]
+        limit *= 4
+    return _encode(tokenizer, text)
+
+
+_CHARS_PER_TOKEN = 32  # prefix length per token still needed (a token averages ~4-5 characters of English)
+_CUT_MARGIN = 8  # tokens beyond those kept, so that a cut mid-word never reaches them
+
+
 def _readable_tokens(tokenizer: PreTrainedTokenizerBase, token_ids: np.ndarray) -> pa.Array:
     """``decode([id])`` of every position, decoding each distinct id once."""
     unique_ids, inverse = np.unique(token_ids, return_inverse=True)
@@ -123,7 +144,7 @@ def build_token_stream(
     doc_chunks: list[np.ndarray] = []
     n_tokens = 0
     for document in documents:
-        ids = _encode(tokenizer, document.text)
+        ids = _encode_prefix(tokenizer, document.text, max_tokens - n_tokens)
         if not ids:
             continue
         if token_chunks:  # the separator ends the previous document

@@ -95,7 +95,7 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
             "lake": str(lake), "models": [str(tiny_gpt2_dir)], "max_tokens": 256, "seq_len": 64,
             "bicluster": {"row_ks": [2, 3], "col_ks": [2], "n_null": 3, "n_seeds": 1, "n_shuffles": 0},
             "serial": True,
-            "stages": ["extract", "bicluster"], "progress": False,
+            "stages": ["extract", "bicluster"], "progress": False, "control": False,  # no untrained twin
         }
         prefect("deployment", "run", "tnb-pipeline/quickstart", "--params", json.dumps(params))
         worker = subprocess.run(

@@ -263,8 +263,8 @@ def test_derived_partition_records_its_inputs_and_goes_stale(tmp_path: Path) -> 
     tokens = partition_key("models", model="m")
     from tnb.schemas import MODELS
 
-    row = pa.table({"source": ["s"], "architecture": ["a"], "stream": ["x"], "n_layers": [1], "d_resid": [4],
-                    "d_mlp": [16]}, schema=MODELS)
+    row = pa.Table.from_pylist([{"source": "s", "architecture": "a", "stream": "x", "n_layers": 1, "d_resid": 4,
+                                 "d_mlp": 16}], schema=MODELS)  # the other columns null
     assert lake.write_table(tokens, row, {"c": 1}, inputs=inputs) is True
     assert lake.manifest(tokens)["inputs"] == inputs
     assert lake.state(tokens, {"c": 1}, inputs) == "complete"

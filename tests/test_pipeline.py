@@ -145,7 +145,8 @@ def test_control_twin_runs_by_default(prefect_server: str, tiny_gpt2_dir: Path, 
 
     outcome = pipeline_flow(
         lake=str(tmp_path / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=128, seq_len=64, layers=[2],
-        serial=True, stages=["extract", "bicluster"], progress=False, **{**PARAMS, "n_permutations": 10, "seed": 1},
+        serial=True, stages=["extract", "bicluster"], progress=False,
+        **{**PARAMS, "bicluster": {**BICLUSTER, "n_null": 2, "n_seeds": 1, "seed": 1}},
     )
     assert [result["model"] for result in outcome["extract"]] == ["tiny-gpt2", "tiny-gpt2-untrained"]
     lake = Lake(tmp_path / "lake")

@@ -44,8 +44,8 @@ def make_lake(root: Path, n_tokens: int = N_TOKENS, seed: int = 0, dtype: str = 
     tokens = pa.table({"pos": pos, "doc_id": pos // 50, "seq_id": pos // SEQ_LEN, "seq_pos": pos % SEQ_LEN,
                        "token_id": pos % 7, "token": [f"t{p % 7}" for p in pos]}, schema=TOKENS)
     lake.write_table(partition_key("tokens", stream=stream), tokens, {"max_tokens": n_tokens}, overwrite=True)
-    row = pa.table({"source": ["m"], "architecture": ["gpt2"], "stream": [stream], "n_layers": [1],
-                    "d_resid": [WIDTH], "d_mlp": [4 * WIDTH]}, schema=MODELS)
+    row = pa.Table.from_pylist([{"source": "m", "architecture": "gpt2", "stream": stream, "n_layers": 1,
+                                 "d_resid": WIDTH, "d_mlp": 4 * WIDTH}], schema=MODELS)  # the other columns null
     lake.write_table(partition_key("models", model="m"), row, {"stream": stream}, overwrite=True)
     for layer in layers:
         key = partition_key("activations", model="m", site="resid", layer=layer)
@@ -206,8 +206,8 @@ def test_truncated_weights_leave_no_models_row(tiny_gpt2_dir: Path, tmp_path: Pa
 
 def test_models_row_of_a_failed_run_does_not_pin_the_stream(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     lake = Lake(tmp_path)
-    row = pa.table({"source": [str(tiny_gpt2_dir)], "architecture": ["gpt2"], "stream": ["other"], "n_layers": [2],
-                    "d_resid": [32], "d_mlp": [128]}, schema=MODELS)
+    row = pa.Table.from_pylist([{"source": str(tiny_gpt2_dir), "architecture": "gpt2", "stream": "other",
+                                 "n_layers": 2, "d_resid": 32, "d_mlp": 128}], schema=MODELS)
     lake.write_table(partition_key("models", model="tiny-gpt2"), row, {"source": str(tiny_gpt2_dir), "stream": "other"})
     result = _extract(lake, str(tiny_gpt2_dir))
     assert lake.read(partition_key("models", model="tiny-gpt2")).column("stream").to_pylist() == [result.stream]

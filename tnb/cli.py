@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
     extract.set_defaults(func=_cmd_extract)
 
-    for module_name in ("flows.cli", "tnb.analysis_cli", "tnb.verify"):
+    for module_name in ("flows.cli", "tnb.analysis_cli", "tnb.verify_cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from tnb.errors import LakeError, TnbError
 from tnb.lake import DATA_FILE, MANIFEST_FILE, Lake, PartitionKey, partition_key
@@ -150,15 +149,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise TnbError(f"{len(left)} partitions still need work after the repair: {', '.join(n for n, _ in left)}")
     print(f"tnb verify: {len(problems)} partitions recomputed or removed in {lake.root}; it is consistent now")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``verify`` to the ``tnb`` command line."""
-    verify = subparsers.add_parser("verify", help="hash every lake partition; report (and --repair) what is broken")
-    verify.add_argument("--lake", type=Path, default=Path("lake"), help="lake root directory (default: %(default)s)")
-    verify.add_argument("--repair", action="store_true",
-                        help="recompute corrupt and stale partitions (remove what cannot be recomputed)")
-    verify.set_defaults(func=_cmd_verify)
 
 
 if __name__ == "__main__":

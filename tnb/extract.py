@@ -197,12 +197,7 @@ def preflight(
     if sites is not None and not overwrite:
         tokenizer_name, tokenizer = load_tokenizer(spec)
         stream = stream_id(corpus_name(corpus, hub_config), tokenizer_name, max_tokens, seq_len)
-        try:
-            wrapping = special_wrapping(tokenizer, add_bos=add_bos)
-        except ValueError as error:
-            raise ModelError(str(error)) from None
-        special_tokens = wrapping.template(tokenizer)
-        identity = model_identity(spec, stream, wrapping, special_tokens)
+        _, special_tokens, identity = _wrapped_identity(spec, stream, tokenizer, add_bos)
         register_model(lake, spec, arch, identity, special_tokens, check_only=True)
 
 
@@ -211,6 +206,16 @@ def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
     limit = max_positions(load_config(spec))
     if limit is not None and seq_len > limit:
         raise ModelError(f"--seq-len should be <= {limit}, the positions of {spec.name}. Got {seq_len} instead.")
+
+
+def _wrapped_identity(spec: ModelSpec, stream: str, tokenizer: Any, add_bos: bool) -> tuple[Wrapping, str, dict[str, Any]]:
+    """The model's special-token wrapping, its readable template and its identity in the lake."""
+    try:
+        wrapping = special_wrapping(tokenizer, add_bos=add_bos)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
+    special_tokens = wrapping.template(tokenizer)
+    return wrapping, special_tokens, model_identity(spec, stream, wrapping, special_tokens)
 
 
 def register_model(
@@ -331,12 +336,7 @@ def extract_activations(
         for layer in check_layers(arch, site, None if layers is None else list(layers), spec.name):
             wanted.append((site, layer, partition_key("activations", model=spec.name, site=site, layer=layer)))
     _, tokenizer = load_tokenizer(spec)
-    try:
-        wrapping = special_wrapping(tokenizer, add_bos=add_bos)
-    except ValueError as error:
-        raise ModelError(str(error)) from None
-    special_tokens = wrapping.template(tokenizer)
-    identity = model_identity(spec, stream, wrapping, special_tokens)
+    wrapping, special_tokens, identity = _wrapped_identity(spec, stream, tokenizer, add_bos)
     config = {**identity, "dtype": dtype}
     inputs = lake.identity(partition_key("tokens", stream=stream))
     # locks held from the check to the publish: a concurrent run waits, then skips what is done

@@ -122,6 +122,8 @@ def calibration(args: argparse.Namespace) -> None:
     real = minilm_last_layer(args.tokens)[:, : args.neurons]
     kinds = ["noise", "loudness", "minilm-shuffled"]
     kinds += [f"planted {s} {prepared}" for prepared in ("abs", "signed") for s in SIGNALS]
+    if args.only:
+        kinds = [kind for kind in kinds if kind.split()[0] in args.only]
     # interleaved: seed-major, so a change of load spreads over every row alike
     tasks = [(kind, seed, shape, real if kind == "minilm-shuffled" else None, args.n_null)
              for seed in range(args.seeds) for kind in kinds]
@@ -182,6 +184,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lake", default=None, help="also print the per-layer table of this lake")
     parser.add_argument("--skip-calibration", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=["noise", "loudness", "minilm-shuffled", "planted"],
+                        help="only these rows of the calibration table")
     args = parser.parse_args()
     if not args.skip_calibration:
         calibration(args)

@@ -453,6 +453,52 @@ def test_a_started_service_dies_with_a_killed_command(tmp_path: Path) -> None:
         pytest.fail("the service outlived the killed command by 20 s")
 
 
+_DASK_PARENT = """
+import os, time
+if __name__ == "__main__":
+    from distributed import Client, LocalCluster
+    from flows.bicluster import make_task_runner
+    runner, _ = make_task_runner(4, n_workers=2)
+    cluster = LocalCluster(**runner.cluster_kwargs)  # the local cluster tnb's runs start
+    print(*Client(cluster).run(os.getpid).values(), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_dask_workers_die_with_a_killed_command(tmp_path: Path) -> None:
+    """tnb's local Dask workers are gone soon after ``kill -9`` of the command that started them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_DASK_PARENT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    worker_pids = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(worker_pids) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 30
+    alive = worker_pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if _running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"Dask workers {alive} outlived the killed command by 30 s"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 # ----------------------------------------------------------------------------- item 10: one-line errors, through the flows
 from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server)
 

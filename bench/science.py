@@ -77,12 +77,13 @@ def make_matrix(kind: str, seed: int, shape: tuple[int, int], real: np.ndarray |
     """(raw matrix, planted token labels or None, input)."""
     rng = np.random.default_rng(seed)
     n_tokens, n_neurons = shape
-    if kind == "noise":
-        return rng.standard_normal(shape), None, "abs"
-    if kind == "loudness":
+    if kind in ("noise", "noise-signed"):
+        return rng.standard_normal(shape), None, "signed" if kind.endswith("signed") else "abs"
+    if kind in ("loudness", "loudness-signed"):
         token_scale = np.exp(rng.standard_normal(n_tokens))[:, None]
         neuron_scale = rng.uniform(0.1, 5.0, n_neurons)[None, :]
-        return rng.standard_normal(shape) * token_scale * neuron_scale, None, "abs"
+        matrix = rng.standard_normal(shape) * token_scale * neuron_scale
+        return matrix, None, "signed" if kind.endswith("signed") else "abs"
     if kind == "minilm-shuffled":
         return rng.permuted(real, axis=0), None, "abs"
     name, signal, prepared = kind.split()
@@ -119,11 +120,11 @@ def one_cell(task: tuple) -> dict:
 
 def calibration(args: argparse.Namespace) -> None:
     shape = (args.tokens, args.neurons)
-    real = minilm_last_layer(args.tokens)[:, : args.neurons]
-    kinds = ["noise", "loudness", "minilm-shuffled"]
+    kinds = ["noise", "loudness", "minilm-shuffled", "noise-signed", "loudness-signed"]
     kinds += [f"planted {s} {prepared}" for prepared in ("abs", "signed") for s in SIGNALS]
     if args.only:
         kinds = [kind for kind in kinds if kind.split()[0] in args.only]
+    real = minilm_last_layer(args.tokens)[:, : args.neurons] if "minilm-shuffled" in kinds else None
     # interleaved: seed-major, so a change of load spreads over every row alike
     tasks = [(kind, seed, shape, real if kind == "minilm-shuffled" else None, args.n_null)
              for seed in range(args.seeds) for kind in kinds]
@@ -139,7 +140,10 @@ def calibration(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for kind in kinds:
         cell = [r for r in rows if r["kind"] == kind]
-        name, prepared = (kind.rsplit(" ", 1) if kind.startswith("planted") else (kind, "abs"))
+        if kind.startswith("planted"):
+            name, prepared = kind.rsplit(" ", 1)
+        else:
+            name, prepared = kind.removesuffix("-signed"), "signed" if kind.endswith("-signed") else "abs"
         mode, count = Counter(r["selected"] for r in cell).most_common(1)[0]
         ari = np.nanmean([r["ari"] for r in cell]) if name.startswith("planted") else float("nan")
         print(
@@ -184,7 +188,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lake", default=None, help="also print the per-layer table of this lake")
     parser.add_argument("--skip-calibration", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=["noise", "loudness", "minilm-shuffled", "planted"],
+    parser.add_argument("--only", nargs="+", choices=["noise", "loudness", "minilm-shuffled", "noise-signed", "loudness-signed", "planted"],
                         help="only these rows of the calibration table")
     args = parser.parse_args()
     if not args.skip_calibration:

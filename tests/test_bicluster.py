@@ -344,10 +344,14 @@ def test_the_null_is_calibrated_where_nothing_is_planted(make, input) -> None:
 
 def test_planted_structure_is_significant_and_label_shuffles_call_everything_significant() -> None:
     assert _calibration(_strong, 5, "signed") == 1.0
-    A = prepare(_noise(np.random.default_rng(0))).matrix
-    (noise,) = grid_search(A, (3,), (3,), n_components=3, n_null=19, n_seeds=2, n_shuffles=100, random_state=0)
-    assert noise.z_shuffle > 5  # fitted labels always beat shuffled labels ...
-    assert not noise.significant and not noise.finding  # ... which is why they are not the null
+    noise = [
+        grid_search(prepare(_noise(np.random.default_rng(seed))).matrix, (3,), (3,), n_components=3, n_null=19,
+                    n_seeds=2, n_shuffles=100, random_state=seed)[0]
+        for seed in range(5)
+    ]
+    assert all(r.z_shuffle > 5 for r in noise)  # fitted labels always beat shuffled labels ...
+    # ... which is why they are not the null: at alpha .05, 2 or more of 5 has probability 2%
+    assert sum(r.significant for r in noise) <= 1 and not any(r.finding for r in noise)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flows import _env
+from . import _env
 
 STARTUP_TIMEOUT_S = 180  # a 2-core machine under load needs 10-30 s; Prefect's default 20 s is too tight
 UI_HOST, UI_PORT = "127.0.0.1", 4200
@@ -251,7 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_params(kwargs)
     start = time.perf_counter()
     with prefect_api():
-        from flows.pipeline import pipeline_flow
+        from .pipeline import pipeline_flow
 
         outcome = pipeline_flow(
             lake=args.lake, models=models, corpus=args.corpus, hub_config=args.corpus_config, max_tokens=args.max_tokens,
@@ -283,7 +283,7 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
         if not args.overwrite:
             is_done(lake, *partition, params)
     with prefect_api():
-        from flows.bicluster import bicluster_flow
+        from .bicluster import bicluster_flow
 
         outcomes = bicluster_flow(
             lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs

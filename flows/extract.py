@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
 from prefect import flow, task
 
-from flows.bicluster import _retry_on_os_error  # retry transient I/O only, never bad input
+from .bicluster import _retry_on_os_error  # retry transient I/O only, never bad input
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake
 from tnb.models import DEFAULT_TWIN_SEED, load_tokenizer, resolve_model, untrained_twin

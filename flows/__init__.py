@@ -7,5 +7,4 @@ A checkout imports this directory as ``flows``; a wheel installs it as ``tnb.flo
 
 from . import _env as _env  # noqa: F401  (must run before prefect is imported)
 
-
 _env.quiet_user_errors()

@@ -20,6 +20,8 @@ from typing import Any
 
 from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
+# isort: split
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 

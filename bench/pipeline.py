@@ -22,13 +22,15 @@ import argparse
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the checkout's flows/ (an install has it only as tnb.flows)
+
+import flows  # noqa: E402, F401  (Prefect defaults before prefect is imported)
 
 
 def _tiny_gpt2(directory: Path, n_layer: int, n_embd: int) -> Path:

@@ -170,6 +170,7 @@ def bad_inputs(ctx: dict[str, Path]) -> list[tuple[str, list[str]]]:
     bc = ["bicluster", "--lake", lake, "--serial", *GRID_ARGS]
     run = ["run", "--lake", lake, "--model", model, "--max-tokens", str(N_TOKENS), "--seq-len", str(SEQ_LEN), "--serial"]
     q = ["query", "--lake", lake]
+    empty = str(files / "empty-lake")  # a lake without activations or metrics
     return [
         ("extract --max-tokens 0", [*ex, "--max-tokens", "0"]),
         ("extract --max-tokens -5", [*ex, "--max-tokens", "-5"]),
@@ -228,6 +229,10 @@ def bad_inputs(ctx: dict[str, Path]) -> list[tuple[str, list[str]]]:
         ("run --seq-len beyond the positions", [*run, "--max-tokens", "1000", "--seq-len", "512"]),
         ("run --dask-address nobody answers", [*run, *GRID_ARGS, "--dask-address", "tcp://127.0.0.1:1"]),
         ("run --n-null 0", [*run, "--n-null", "0"]),
+        ("run --grid 2 40 (k >= neurons)", [*run, "--grid", "2", "40"]),
+        ("run --corpus invalid JSON lines", [*run, *GRID_ARGS, "--corpus", str(files / "broken.jsonl")]),
+        ("run --stages bicluster, no activations", [*run, *GRID_ARGS, "--lake", empty, "--stages", "bicluster"]),
+        ("run --stages analyze, no metrics", [*run, *GRID_ARGS, "--lake", empty, "--stages", "analyze"]),
         ("query unknown name", [*q, "no_such_query"]),
         ("query bad SQL", [*q, "SELEC * FROM metrics"]),
         ("query unknown table", [*q, "SELECT * FROM nope"]),

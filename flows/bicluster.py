@@ -33,7 +33,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
+
+# isort: split
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -84,7 +86,7 @@ def list_partitions_task(
     stale = [p for p, state in states.items() if state == "stale"]
     if stale:
         print(f"{len(stale)} partitions are stale (their activations changed since they were computed); "
-              f"redoing them: {', '.join(f'{m}/{s}/layer={l}' for m, s, l in stale)}")
+              f"redoing them: {', '.join(f'{m}/{s}/layer={layer}' for m, s, layer in stale)}")
     return partitions, [p for p, state in states.items() if state != "complete"]
 
 

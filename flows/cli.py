@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flows import _env
+from . import _env
 
 STARTUP_TIMEOUT_S = 180  # a 2-core machine under load needs 10-30 s; Prefect's default 20 s is too tight
 UI_HOST, UI_PORT = "127.0.0.1", 4200
@@ -241,6 +241,49 @@ def check_dask_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def _check_stage_inputs(args: argparse.Namespace, models: list[str], kwargs: dict) -> None:
+    """What a stage of ``tnb run`` would find wrong inside the flow, found before any server starts.
+
+    The grid against each model's width (the extract stage makes the activations), else
+    against the activations in the lake; the metrics and the report directory when only
+    the analyze stage runs. Bad input thus prints one line and no Prefect log.
+    """
+    from tnb.bicluster_stage import BiclusterParams, check_grid_fits, layer_partitions
+    from tnb.errors import LakeError
+    from tnb.lake import Lake
+    from tnb.models import architecture, load_config, resolve_model, untrained_twin
+    from tnb.params import StageError
+
+    params = BiclusterParams.from_mapping(kwargs["bicluster"])
+    stages = set(args.stages)
+    specs = [resolve_model(model) for model in models]
+    if "bicluster" in stages and "extract" in stages:
+        for spec in specs:
+            arch = architecture(load_config(spec))
+            for site in args.sites:
+                width = arch.width(site)
+                if width <= max(params.col_ks):
+                    raise StageError(f"{spec.name} {site} has {width} neurons; the grid needs more than "
+                                   f"{max(params.col_ks)} (col_ks={params.col_ks})")
+        n_sequences = -(-args.max_tokens // args.seq_len)
+        if args.max_tokens - params.drop_first * n_sequences <= max(params.row_ks):
+            raise StageError(f"--max-tokens {args.max_tokens} leaves too few tokens for the grid: it needs more than "
+                           f"{max(params.row_ks)} after drop_first={params.drop_first} (row_ks={params.row_ks})")
+    elif "bicluster" in stages:
+        if not Path(args.lake).expanduser().is_dir():
+            raise LakeError(f"no lake at {Path(args.lake).absolute()}; check --lake, or run the extract stage too")
+        lake = Lake(args.lake, read_only=True)
+        twins = (False, True) if args.control else (False,)
+        names = [untrained_twin(spec, params.seed).name if twin else spec.name for spec in specs for twin in twins]
+        for partition in layer_partitions(lake, names, args.sites, args.layers):
+            check_grid_fits(lake, *partition, params)
+    if "analyze" in stages and "bicluster" not in stages and args.report_dir:
+        from tnb.report import check_report_inputs
+
+        site = args.sites[0] if len(args.sites) == 1 else None
+        check_report_inputs(args.lake, args.report_dir, site=site, method=params.method, drop_first=params.drop_first)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tnb.cli import _preflight
 
@@ -249,9 +292,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _preflight(argparse.Namespace(**{**vars(args), "model": model}))
     kwargs = _bicluster_kwargs(args)
     _check_params(kwargs)
+    _check_stage_inputs(args, models, kwargs)
     start = time.perf_counter()
     with prefect_api():
-        from flows.pipeline import pipeline_flow
+        from .pipeline import pipeline_flow
 
         outcome = pipeline_flow(
             lake=args.lake, models=models, corpus=args.corpus, hub_config=args.corpus_config, max_tokens=args.max_tokens,
@@ -283,7 +327,7 @@ def _cmd_bicluster(args: argparse.Namespace) -> int:
         if not args.overwrite:
             is_done(lake, *partition, params)
     with prefect_api():
-        from flows.bicluster import bicluster_flow
+        from .bicluster import bicluster_flow
 
         outcomes = bicluster_flow(
             lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
+
+# isort: split
 
 from prefect import flow, task
 
-from flows.bicluster import _retry_on_os_error  # retry transient I/O only, never bad input
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake
 from tnb.models import DEFAULT_TWIN_SEED, load_tokenizer, resolve_model, untrained_twin
+
+from .bicluster import _retry_on_os_error  # retry transient I/O only, never bad input
 
 
 @task(name="tokenize", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_on_os_error)

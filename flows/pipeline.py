@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
+
+# isort: split
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.bicluster import bicluster_flow
-from flows.extract import extract_flow
+from .bicluster import bicluster_flow
+from .extract import extract_flow
 
 STAGES = ("extract", "bicluster", "analyze")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up with the test extras, then run the whole test suite. Extra arguments go to pytest.
+# Set up with the test extras, lint, then run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -9,4 +9,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# lint first: a lint error fails CI before the (long) suite starts; tests/test_lint.py checks it too
+.venv/bin/ruff check tnb flows
 exec .venv/bin/python -m pytest "$@"

@@ -40,7 +40,7 @@ def test_prefect_yaml_declares_the_deployments() -> None:
     assert deployments["gpt2-family"]["parameters"]["models"] == ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
     for deployment in deployments.values():
         # shared through anchors: the study's parameters, the entrypoint and a process work pool
-        assert deployment["entrypoint"] == "flows/pipeline.py:pipeline_flow"
+        assert deployment["entrypoint"] == "flows.pipeline:pipeline_flow"
         bicluster = deployment["parameters"]["bicluster"]
         assert bicluster["row_ks"] == [6, 9, 12] and bicluster["n_null"] == 99 and bicluster["n_seeds"] == 5
         assert deployment["work_pool"]["name"] == "tnb-local"

@@ -8,6 +8,10 @@ reference. The whole fault list is slow-marked; two representative faults always
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,31 @@ def test_representative_fault_is_survived(reference: dict[str, Path], name: str)
 def test_fault_is_survived(reference: dict[str, Path], name: str) -> None:
     survived, detail = FAULTS[name](reference)
     assert survived, detail
+
+
+# ----------------------------------------------------------------------------- the real command, in its own process
+# check_bad_inputs calls tnb.cli.main in this process, where Prefect's and datasets' log
+# handlers keep the stderr they started with; only a child process shows all a user sees.
+ONE_LINE_CASES = {
+    "run --stages bicluster, no activations": ["--stages", "bicluster"],
+    "run --stages analyze, no metrics": ["--stages", "analyze"],
+    "run --grid 2 40 (k >= neurons)": ["--grid", "2", "40"],
+    "run --corpus invalid JSON lines": ["--corpus", "broken.jsonl"],
+}
+
+
+@pytest.mark.parametrize("name", ONE_LINE_CASES)
+def test_bad_run_input_prints_one_error_line_and_no_prefect_log(name: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"text": "ok"}) + "\n{not json\n")
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's code, from any directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "TNB_RUNTIME_DIR": str(tmp_path / ".tnb"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_API_URL", None)  # as a user's shell: a bad input must not start a temporary server
+    argv = ["run", "--lake", "lake", "--model", str(tiny_gpt2_dir), "--max-tokens", "256", "--seq-len", "64",
+            "--serial", "--n-null", "3", "--n-seeds", "1", "--n-shuffles", "0", *ONE_LINE_CASES[name]]
+    done = subprocess.run([sys.executable, "-m", "tnb.cli", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("tnb: error: "), done.stderr
+    assert done.stdout == "", done.stdout  # nor "starting a temporary Prefect server"

@@ -61,12 +61,12 @@ import numpy as np
 from scipy.sparse.linalg import eigsh, svds
 from sklearn.base import BaseEstimator, BiclusterMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import adjusted_rand_score
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
-from sklearn.metrics import adjusted_rand_score
-
+from tnb.kmeans import kmeans, kmeans_1d
 from tnb.metrics import (
     adjusted_r2,
     association_specialization,
@@ -77,7 +77,6 @@ from tnb.metrics import (
     specialization_summary,
     total_sum_of_squares,
 )
-from tnb.kmeans import kmeans, kmeans_1d
 from tnb.prepare import check_matrix
 from tnb.scaling import scaled, scaling_pass
 from tnb.shuffle import permute_columns

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 from tnb import __version__
 from tnb.errors import TnbError
@@ -55,6 +59,28 @@ def _preflight(args: argparse.Namespace) -> None:
     )
 
 
+def flows_package() -> str:
+    """The import name of the Prefect flows: ``tnb.flows`` when installed, ``flows`` in a checkout.
+
+    A wheel installs the repository's top-level ``flows/`` as ``tnb.flows`` (no generic
+    top-level name in site-packages). A checkout on ``sys.path`` imports it as ``flows``,
+    which is what its tests and benchmarks import too; an editable install that does not
+    put the checkout on ``sys.path`` maps ``tnb.flows`` to it.
+    """
+    here = Path(__file__).resolve().parent
+    if (here / "flows" / "__init__.py").is_file():
+        return "tnb.flows"
+    spec = importlib.util.find_spec("flows")
+    if spec is not None and spec.origin and Path(spec.origin).resolve() == here.parent / "flows" / "__init__.py":
+        return "flows"
+    return "tnb.flows"
+
+
+def flows_module(name: str) -> ModuleType:
+    """Import one module of the Prefect flows (``cli``, ``extract``, ...): see :func:`flows_package`."""
+    return importlib.import_module(f"{flows_package()}.{name}")
+
+
 def _stream_options(args: argparse.Namespace) -> dict:
     """The options every command that builds a token stream passes on to its flow."""
     return {
@@ -72,8 +98,8 @@ def _stream_options(args: argparse.Namespace) -> dict:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     _preflight(args)
-    from flows.cli import prefect_api
-    from flows.extract import tokenize_flow
+    prefect_api = flows_module("cli").prefect_api
+    tokenize_flow = flows_module("extract").tokenize_flow
 
     with prefect_api():  # the server the user runs (UI), else one temporary server
         stream = tokenize_flow(**_stream_options(args))
@@ -83,8 +109,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     _preflight(args)
-    from flows.cli import prefect_api
-    from flows.extract import extract_flow
+    prefect_api = flows_module("cli").prefect_api
+    extract_flow = flows_module("extract").extract_flow
 
     with prefect_api():  # the server the user runs (UI), else one temporary server
         result = extract_flow(
@@ -138,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
     extract.set_defaults(func=_cmd_extract)
 
-    for module_name in ("flows.cli", "tnb.analysis_cli", "tnb.verify_cli"):
+    for module_name in (f"{flows_package()}.cli", "tnb.analysis_cli", "tnb.verify_cli"):
         try:
-            module = __import__(module_name, fromlist=["register"])
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name != module_name:
+            if error.name not in (module_name, module_name.rpartition(".")[0]):  # the package itself is absent
                 raise
             continue
         module.register(commands)

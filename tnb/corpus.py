@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ def _datasets_rows(
 ) -> tuple[list[str] | None, Iterator[dict[str, Any]]]:
     import datasets  # slow import: only when a non-bundled source is asked for
 
+    # datasets logs a JSON file it cannot parse, then raises; tnb reports it once, as a CorpusError
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     path = Path(source).expanduser()
     try:
         if path.exists():

@@ -342,8 +342,8 @@ def extract_activations(
     # locks held from the check to the publish: a concurrent run waits, then skips what is done
     with lake.locks([k for _, _, k in wanted] + [partition_key("models", model=spec.name)]):
         replace_row = register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite, check_only=True)
-        todo = [(s, l, k) for s, l, k in wanted if overwrite or not lake.is_complete(k, config, inputs)]
-        skipped = tuple(str(k) for s, l, k in wanted if (s, l, k) not in todo)
+        todo = [(s, layer, k) for s, layer, k in wanted if overwrite or not lake.is_complete(k, config, inputs)]
+        skipped = tuple(str(k) for s, layer, k in wanted if (s, layer, k) not in todo)
         if todo:
             _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping, inputs)
         # the models row once its activations exist

@@ -438,7 +438,7 @@ def permutation_tests(
 
     null_values = [np.empty(n_permutations) for _ in labelings]
     states: list[_Labeling] = []
-    for (rows, row_k, cols, col_k), seed in zip(compacted, seeds[1:]):
+    for rows, row_k, cols, col_k in compacted:
         row_sizes = np.bincount(rows, minlength=row_k)
         col_sizes = np.bincount(cols, minlength=col_k)
         sizes = np.outer(row_sizes, col_sizes).astype(np.float64)

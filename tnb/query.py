@@ -56,12 +56,13 @@ Format = Literal["table", "csv", "parquet"]
 
 
 def sql_dir() -> Path:
-    """The project's ``sql/`` directory (repository checkout first, then the current directory)."""
-    candidates = [
-        Path(tnb.__file__).resolve().parents[1] / "sql",
-        Path(tnb.__file__).resolve().parent / "sql",  # if packaged as tnb/sql
-        Path.cwd() / "sql",
-    ]
+    """The bundled queries: ``tnb/sql`` when installed from a wheel, else the checkout's ``sql/``.
+
+    The repository keeps ``sql/`` beside ``tnb/``; a wheel ships it inside the package
+    (``pyproject.toml``), so an installed tnb never reads a ``sql/`` it did not bring.
+    """
+    package = Path(tnb.__file__).resolve().parent
+    candidates = [package / "sql", package.parent / "sql"]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

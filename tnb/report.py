@@ -290,6 +290,42 @@ def verdict_text(row: Mapping) -> str:
     return ", ".join(parts)
 
 
+def check_report_inputs(
+    lake_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    site: str | None = None,
+    method: str | None = None,
+    drop_first: int = 0,
+) -> None:
+    """Fail as :func:`write_report` would on its inputs (the lake, ``out_dir``, the metrics), writing nothing.
+
+    ``tnb run --stages analyze`` calls it before any Prefect server starts.
+    """
+    _report_inputs(lake_root, out_dir, site, method, drop_first)
+
+
+def _report_inputs(
+    lake_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], site: str | None, method: str | None,
+    drop_first: int,
+) -> tuple[Lake, Path, pl.DataFrame]:
+    """The lake, the absolute output directory and every drop_first's emergence curves, checked."""
+    lake = Lake(lake_root, read_only=True)
+    out = Path(out_dir).expanduser().absolute()
+    if out.resolve() == lake.root.resolve() or lake.root.resolve() in out.resolve().parents:
+        raise ReportError(f"--out {out} is inside the lake at {lake.root}; write the report outside the lake")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a directory for the report")
+    curves_all = run_query(lake, "emergence_curves", {"site": site, "method": method, "drop_first": None})
+    if curves_all.is_empty():
+        raise ReportError(f"no selected grid points in the metrics table of {lake.root}; run the bicluster stage first")
+    if curves_all.filter(pl.col("drop_first") == drop_first).is_empty():
+        raise ReportError(
+            f"no metrics with drop_first={drop_first} in {lake.root}; it has {sorted(set(curves_all['drop_first']))}"
+        )
+    return lake, out, curves_all
+
+
 def write_report(
     lake_root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -320,26 +356,14 @@ def write_report(
         Layer of each model drawn as a bicluster map, grid and null (default: its finding
         with the largest excess; without a significant layer, no map is drawn).
     """
-    lake = Lake(lake_root, read_only=True)
-    out = Path(out_dir).expanduser().absolute()
-    if out.resolve() == lake.root.resolve() or lake.root.resolve() in out.resolve().parents:
-        raise ReportError(f"--out {out} is inside the lake at {lake.root}; write the report outside the lake")
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} is a file; give a directory for the report")
+    lake, out, curves_all = _report_inputs(lake_root, out_dir, site, method, drop_first)
     figures_dir = out / "figures"
     try:
         figures_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ReportError(f"cannot write the report to {out}: {error.strerror or error}") from None
     base = {"site": site, "method": method}
-    curves_all = run_query(lake, "emergence_curves", {**base, "drop_first": None})
-    if curves_all.is_empty():
-        raise ReportError(f"no selected grid points in the metrics table of {lake.root}; run the bicluster stage first")
     curves = curves_all.filter(pl.col("drop_first") == drop_first)
-    if curves.is_empty():
-        raise ReportError(
-            f"no metrics with drop_first={drop_first} in {lake.root}; it has {sorted(set(curves_all['drop_first']))}"
-        )
     trained = curves.filter(~pl.col("is_twin"))
     verdicts = run_query(lake, "verdicts", {**base, "drop_first": drop_first})
     verdicts = verdicts.with_columns(verdict=pl.Series([verdict_text(row) for row in verdicts.iter_rows(named=True)], dtype=pl.String))

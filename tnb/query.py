@@ -38,9 +38,9 @@ import polars as pl
 
 import tnb
 from tnb.errors import LakeError, TnbError
+from tnb.keys import PARTITION_KEYS
 from tnb.lake import DATA_FILE, Lake, partition_key
 from tnb.query_params import PARAMS
-from tnb.schemas import PARTITION_KEYS
 
 
 class QueryError(TnbError):

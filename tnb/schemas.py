@@ -9,18 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: Partition keys of each table, outermost first.
-PARTITION_KEYS: dict[str, tuple[str, ...]] = {
-    "tokens": ("stream",),
-    "models": ("model",),
-    "activations": ("model", "site", "layer"),
-    # drop_first: how many leading positions of each sequence were left out of the matrix
-    "labels": ("model", "site", "layer", "method", "drop_first"),
-    "metrics": ("model", "site", "layer", "method", "drop_first"),
-}
-
-#: Integer-valued partition keys (everything else is a string).
-INT_KEYS = frozenset({"layer", "drop_first"})
+from tnb.keys import INT_KEYS, PARTITION_KEYS  # noqa: F401  (re-exported: they belong with the schemas)
 
 TOKENS = pa.schema(
     [

@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass
 
 from tnb.errors import LakeError, TnbError
+from tnb.keys import INT_KEYS, PARTITION_KEYS
 from tnb.lake import DATA_FILE, MANIFEST_FILE, Lake, PartitionKey, partition_key
-from tnb.schemas import INT_KEYS, PARTITION_KEYS
 
 
 @dataclass(frozen=True)

@@ -82,30 +82,45 @@ def report_task(lake: str, report_dir: str, site: str | None, method: str | None
     }
 
 
-def publish_artifacts(summary: dict[str, Any]) -> list[str]:
-    """Publish the report's key parts as Prefect artifacts; returns the keys published."""
+def artifact_prefix(lake: str) -> str:
+    """``tnb-<lake name>-<hash of its absolute path>``: runs on different lakes do not overwrite each other's artifacts.
+
+    Prefect artifact keys allow lowercase letters, digits and dashes only.
+    """
+    import hashlib
+    import re
+
+    root = Path(lake).absolute()
+    name = re.sub(r"[^a-z0-9]+", "-", root.name.lower()).strip("-")[:24] or "lake"
+    return f"tnb-{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}"
+
+
+def publish_artifacts(summary: dict[str, Any], lake: str = "lake") -> list[str]:
+    """Publish the report's key parts as Prefect artifacts, keyed by the lake; returns the keys published."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+    prefix = artifact_prefix(lake)
     published = []
     create_markdown_artifact(
-        summary["metrics_md"], key="tnb-metrics", description="Selected grid point of every layer"
+        summary["metrics_md"], key=f"{prefix}-metrics", description=f"Selected grid point of every layer ({lake})"
     )
-    published.append("tnb-metrics")
+    published.append(f"{prefix}-metrics")
     if summary["emergence"]:
         create_link_artifact(
             Path(summary["emergence"]).absolute().as_uri(), link_text="Emergence curves (PNG)",
-            key="tnb-emergence", description="R^2, Z and specialization per layer",
+            key=f"{prefix}-emergence", description=f"R^2, Z and specialization per layer ({lake})",
         )
-        published.append("tnb-emergence")
+        published.append(f"{prefix}-emergence")
     create_link_artifact(
-        Path(summary["html"]).absolute().as_uri(), link_text="tnb report (HTML)", key="tnb-report",
-        description="The full report: figures, clusters, families",
+        Path(summary["html"]).absolute().as_uri(), link_text="tnb report (HTML)", key=f"{prefix}-report",
+        description=f"The full report: figures, clusters, families ({lake})",
     )
-    published.append("tnb-report")
+    published.append(f"{prefix}-report")
     create_markdown_artifact(
-        summary["top_tokens_md"], key="tnb-top-tokens", description="Top tokens of each selected token cluster"
+        summary["top_tokens_md"], key=f"{prefix}-top-tokens",
+        description=f"Top tokens of each selected token cluster ({lake})",
     )
-    published.append("tnb-top-tokens")
+    published.append(f"{prefix}-top-tokens")
     return published
 
 
@@ -122,7 +137,7 @@ def analyze_flow(
     summary = report_task(lake, report_dir, site, method, drop_first)
     if artifacts:
         try:
-            summary["artifacts"] = publish_artifacts(summary)
+            summary["artifacts"] = publish_artifacts(summary, lake)
         except Exception as error:  # the report is written; a UI nicety must not fail the run
             get_run_logger().warning("could not publish Prefect artifacts: %s", error)
             summary["artifacts"] = []

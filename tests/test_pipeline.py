@@ -133,7 +133,11 @@ def test_pipeline_end_to_end(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:
     # analyze stage: the report and the artifacts
     assert (pipeline_run["report"] / "index.html").exists()
     assert (pipeline_run["report"] / "figures" / "emergence.png").exists()
-    assert set(outcome["analyze"]["artifacts"]) == {"tnb-metrics", "tnb-emergence", "tnb-report", "tnb-top-tokens"}
+    from flows.pipeline import artifact_prefix
+
+    prefix = artifact_prefix(str(pipeline_run["lake"].root))
+    assert prefix.startswith("tnb-") and prefix != artifact_prefix(str(pipeline_run["lake"].root / "other"))
+    assert set(outcome["analyze"]["artifacts"]) == {f"{prefix}-{part}" for part in ("metrics", "emergence", "report", "top-tokens")}
 
 
 def test_control_twin_runs_by_default(prefect_server: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
@@ -164,11 +168,14 @@ def test_artifacts_are_on_the_server(pipeline_run: dict) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    from flows.pipeline import artifact_prefix
+
+    metrics, top = (f"{artifact_prefix(str(pipeline_run['lake'].root))}-{part}" for part in ("metrics", "top-tokens"))
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tnb-metrics", "tnb-top-tokens"])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[metrics, top])))
     by_key = {artifact.key: artifact for artifact in found}
-    assert {"tnb-metrics", "tnb-top-tokens"} <= set(by_key)
-    assert "| model |" in by_key["tnb-metrics"].data and "r2" in by_key["tnb-metrics"].data
+    assert {metrics, top} <= set(by_key)
+    assert "| model |" in by_key[metrics].data and "r2" in by_key[metrics].data
 
 
 def test_rerun_skips_everything_and_changes_nothing(pipeline_run: dict, tiny_gpt2_dir: Path) -> None:

@@ -40,3 +40,11 @@ def test_bicluster_choices_still_come_from_the_stage(capsys) -> None:
 def test_query_imports_only_what_it_reads_with() -> None:
     modules = _imported_after("import tnb.analysis_cli, tnb.query")
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_python_dash_m_tnb_is_the_same_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tnb", "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "usage: tnb" in done.stdout and "query" in done.stdout

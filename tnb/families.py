@@ -205,20 +205,16 @@ _EDGE_SCHEMA = {
 
 
 def _components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Connected-component id of each node (union-find with path halving)."""
-    parent = np.arange(n_nodes)
+    """Connected-component id of each node: the smallest node index in its component (scipy)."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
 
-    def find(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for a, b in zip(src.tolist(), dst.tolist(), strict=True):
-        root_a, root_b = find(a), find(b)
-        if root_a != root_b:
-            parent[max(root_a, root_b)] = min(root_a, root_b)
-    return np.array([find(node) for node in range(n_nodes)])
+    graph = coo_array((np.ones(len(src)), (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64))),
+                      shape=(n_nodes, n_nodes))
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if n_nodes else 0, n_nodes, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n_nodes))
+    return smallest[labels]
 
 
 def _display(token: pl.Expr) -> pl.Expr:

@@ -56,9 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter."
         ),
     )
-    query.add_argument("--lake", type=Path, required=True, help="lake root directory")
+    query.add_argument("--lake", type=Path, default=Path("lake"), help="lake root directory (default: %(default)s)")
     query.add_argument("query", help="a name in sql/ (top_tokens), a .sql file, or a quoted SELECT statement")
-    query.add_argument("--format", choices=("table", "csv", "parquet"), default="table", help="output format")
+    query.add_argument("--format", choices=("table", "csv", "parquet"), default="table",
+                       help="output format (default: %(default)s)")
     query.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout")
     query.add_argument(
         "--lake-only", action="store_true",
@@ -69,13 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     query.set_defaults(func=_cmd_query)
 
-    report = subparsers.add_parser("report", help="write the HTML and Markdown report of a lake")
-    report.add_argument("--lake", type=Path, required=True, help="lake root directory")
-    report.add_argument("--out", type=Path, required=True, help="output directory (index.html, report.md, figures)")
+    report = subparsers.add_parser(
+        "report", help="write the HTML and Markdown report of a lake",
+        description="Verdicts per layer first (significant? stable? beyond the untrained twin?), then the figures, "
+                    "each against its null, the clusters' top tokens and the circuit families.",
+    )
+    report.add_argument("--lake", type=Path, default=Path("lake"), help="lake root directory (default: %(default)s)")
+    report.add_argument("--out", type=Path, default=Path("report"),
+                        help="output directory: index.html, report.md, figures (default: %(default)s)")
     report.add_argument("--site", dest="report_site", default=None, help="only this site (default: all)")
     report.add_argument("--method", default=None, help="only this method (default: all)")
-    report.add_argument("--drop-first", type=int, default=0, help="the drop_first partition to describe (default 0)")
-    report.add_argument("--top-n", type=int, default=8, help="top tokens shown per cluster")
+    report.add_argument("--drop-first", type=int, default=0, help="the drop_first partition to describe (default: %(default)s)")
+    report.add_argument("--top-n", type=int, default=8, help="top tokens shown per cluster (default: %(default)s)")
     report.set_defaults(func=_cmd_report)
 
 

@@ -4,8 +4,10 @@
 (:func:`prefect_api`):
 
 1. ``PREFECT_API_URL`` when set (a server you run, or Prefect Cloud);
-2. else a Prefect server answering on http://127.0.0.1:4200 (what ``tnb server`` starts),
-   so the runs appear in its UI;
+2. else the server ``tnb server`` runs (it leaves a marker, ``tnb-server.json``, in tnb's
+   ``PREFECT_HOME``: host, port, pid), so the runs appear in its UI. A server tnb did not
+   start (another project's on 127.0.0.1:4200, say) is never used unless
+   ``PREFECT_API_URL`` points at it;
 3. else one temporary server for the whole command, shared by the Dask workers, stopped
    at exit. Prefect would otherwise start a temporary server lazily in *every* process
    that runs a task, each Dask worker included (measured here: 3 servers and 93 s for a
@@ -28,6 +30,35 @@ from . import _env
 
 STARTUP_TIMEOUT_S = 180  # a 2-core machine under load needs 10-30 s; Prefect's default 20 s is too tight
 UI_HOST, UI_PORT = "127.0.0.1", 4200
+
+
+def _marker() -> Path:
+    return Path(os.environ["PREFECT_HOME"]) / "tnb-server.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tnb_server_url() -> str | None:
+    """The base URL of the running ``tnb server`` (from its marker), or ``None``."""
+    import json
+
+    try:
+        marker = json.loads(_marker().read_text())
+        host, port, pid = str(marker["host"]), int(marker["port"]), int(marker["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    url = f"http://{host}:{port}"
+    return url if _healthy(f"{url}/api") else None
 
 
 def _healthy(api_url: str, timeout: float = 0.5) -> bool:
@@ -73,13 +104,16 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
         with _api_url_set(configured) as url:
             yield url
         return
-    local = f"http://{UI_HOST}:{UI_PORT}/api"
-    if _healthy(local):
+    ours = tnb_server_url()
+    if ours is not None:
         if not quiet:
-            print(f"tnb: reporting to the Prefect server at http://{UI_HOST}:{UI_PORT} (open it to watch the run)")
-        with _api_url_set(local) as url:
+            print(f"tnb: reporting to the Prefect server of `tnb server` at {ours} (open it to watch the run)")
+        with _api_url_set(f"{ours}/api") as url:
             yield url
         return
+    if not quiet and _healthy(f"http://{UI_HOST}:{UI_PORT}/api"):
+        print(f"tnb: a Prefect server that `tnb server` did not start answers at http://{UI_HOST}:{UI_PORT}; "
+              f"not reporting to it (export PREFECT_API_URL=http://{UI_HOST}:{UI_PORT}/api to do so)")
     from prefect.server.api.server import SubprocessASGIServer
 
     if not quiet:
@@ -345,21 +379,30 @@ def server_command(host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
     return [prefect, "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
 
 
+def _write_marker(host: str, port: int, pid: int) -> None:
+    """Say where ``tnb server`` listens, so that tnb's other commands find it (and nothing else)."""
+    import json
+
+    staged = _marker().with_suffix(".tmp")
+    staged.write_text(json.dumps({"host": host, "port": port, "pid": pid}))
+    staged.replace(_marker())
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     import signal
 
     _env.configure()
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    # The UI talks to this server's own API (Prefect's UI would follow PREFECT_API_URL, or port 4200).
+    api_url = f"http://{args.host}:{args.port}/api"
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_API_URL=api_url,
+               PREFECT_SERVER_API_HOST=args.host, PREFECT_SERVER_API_PORT=str(args.port))
     command = server_command(args.host, args.port)
     print(f"tnb: {' '.join(command)}  (analytics off; PREFECT_HOME={env['PREFECT_HOME']})")
-    if (args.host, args.port) == (UI_HOST, UI_PORT):
-        print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
-    else:
-        print(f"tnb: UI at http://{args.host}:{args.port}; to report runs to it: "
-              f"export PREFECT_API_URL=http://{args.host}:{args.port}/api")
+    print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
     server = subprocess.Popen(command, env=env)
     die_with_us(server.pid)
+    _write_marker(args.host, args.port, server.pid)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -370,6 +413,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        with contextlib.suppress(OSError):
+            _marker().unlink()
         if server.poll() is None:  # stop the server with us, whatever stopped us
             server.terminate()
             try:

@@ -93,37 +93,45 @@ def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size
     base = load_model(spec, "cpu")
     _warm_up(base)
     load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for _, ids in _batches(token_ids, seq_ids, batch_size):
             input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64)))
             base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
-    return {"seconds": time.perf_counter() - start, "load_s": load_s, "tokenize_s": tokenize_s,
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
+            "tokenize_s": tokenize_s,
             "model_rss_mb": model_rss, "tokens": len(token_ids)}
 
 
 def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+    import torch  # noqa: F401  (imported before the clock starts, as in the other approaches)
+    import tqdm.auto  # noqa: F401
+    from transformers import AutoModel  # noqa: F401
+
     import tnb.extract
     from tnb.extract import extract_activations
     from tnb.lake import Lake
 
     spec, stream, token_ids, _, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
-    load_model, model_rss = tnb.extract.load_model, []
+    load_model, model_rss, load_cpu = tnb.extract.load_model, [], []
 
     def load_and_warm_up(*args, **kwargs):  # the same warm-up as the others, inside the load's time
+        cpu = time.process_time()
         loaded = load_model(*args, **kwargs)
         _warm_up(loaded)
         model_rss.append(memory_mb()[0])
+        load_cpu.append(time.process_time() - cpu)
         return loaded
 
     tnb.extract.load_model = load_and_warm_up
     target = Lake(lake)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - start - result.seconds["load"]
+    cpu_s = time.process_time() - cpu - load_cpu[0]
     files = list((Path(lake) / "activations").rglob("*.parquet"))
     layer = target.read_layer(spec.name, "resid", 0)
-    return {"seconds": seconds, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
+    return {"seconds": seconds, "cpu_s": cpu_s, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
             "model_rss_mb": model_rss[0], "tokens": len(token_ids), "split": dict(result.seconds),
             "bytes": sum(f.stat().st_size for f in files), "values": layer.size * (result.n_layers + 1),
             "batch_mb": batch_size * seq_len * (result.n_layers + 1) * layer.shape[1] * 4 / 2**20}
@@ -142,7 +150,7 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
     lm = head_class.from_pretrained(spec.source, **spec.load_kwargs()).eval()
     _warm_up(lm)
     load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     layers: dict[int, list] = {}
     with torch.no_grad():
         for seq in np.unique(seq_ids):
@@ -151,13 +159,18 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
                 layers.setdefault(layer, []).append(state[0].numpy().astype(np.float32))
     arrays = {f"layer_{layer}": np.concatenate(chunks) for layer, chunks in layers.items()}
     np.savez_compressed(out, **arrays)
-    return {"seconds": time.perf_counter() - start, "load_s": load_s, "tokenize_s": tokenize_s,
-            "model_rss_mb": model_rss, "tokens": len(token_ids), "bytes": out.stat().st_size,
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
+            "tokenize_s": tokenize_s, "model_rss_mb": model_rss, "tokens": len(token_ids), "bytes": out.stat().st_size,
             "values": sum(a.size for a in arrays.values())}
 
 
 def run_child(argv: list[str]) -> dict:
-    completed = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    return run_child_of(__file__, argv)
+
+
+def run_child_of(script: str, argv: list[str]) -> dict:
+    """Run ``script`` with ``argv`` in a fresh process; its last line of output is a JSON row."""
+    completed = subprocess.run([sys.executable, script, *argv], check=False, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.exit(f"child {argv[:2]} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -246,15 +259,20 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
     if busy:
         print(f"NOTE: the machine was busy (1-min load {load_before:.2f} before, {load_after:.2f} after, {cores} cores): "
               "other jobs shared the cores, so absolute figures are low and noisy; read the ratios of medians.")
-    print("\n| approach | tokens/s (min / median / max) | peak RSS MB | peak RSS above the loaded model MB | load s | tokenize s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| approach | tokens/s (min / median / max) | CPU s per 1,000 tokens | peak RSS MB | "
+          "peak RSS above the loaded model MB | load s | tokenize s |")
+    print("|---|---|---|---|---|---|---|")
     for approach, runs in rows.items():
-        print(f"| {approach} | {spread([rate(r) for r in runs])} | {spread([r['peak_rss_mb'] for r in runs])} | "
+        print(f"| {approach} | {spread([rate(r) for r in runs])} | {spread([1000 * r['cpu_s'] / r['tokens'] for r in runs], 2)} | "
+              f"{spread([r['peak_rss_mb'] for r in runs])} | "
               f"{spread([r['peak_rss_mb'] - r['model_rss_mb'] for r in runs])} | {spread([r['load_s'] for r in runs], 1)} | "
               f"{spread([r['tokenize_s'] for r in runs], 1)} |")
     medians = {approach: statistics.median(rate(r) for r in runs) for approach, runs in rows.items()}
     if "tnb" in medians and "bare" in medians:
         print(f"\ntokens/s, ratio of medians tnb / bare forward pass: {medians['tnb'] / medians['bare']:.3f}x (goal >= 0.95x)")
+        cpu = {a: statistics.median(r["cpu_s"] / r["tokens"] for r in rows[a]) for a in ("tnb", "bare")}
+        print(f"CPU time per token, ratio of medians tnb / bare: {cpu['tnb'] / cpu['bare']:.3f}x (the work writing adds; "
+              "on a machine whose cores are all busy, tokens/s cannot beat its inverse)")
     if "tnb" in medians and "study" in medians:
         print(f"tokens/s, ratio of medians tnb / study: {medians['tnb'] / medians['study']:.2f}x (goal >= 1.5x)")
     if rows.get("tnb"):

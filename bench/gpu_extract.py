@@ -176,7 +176,7 @@ def report(args: argparse.Namespace, shape: dict, rows: dict, before: str, after
         gpu = spread([r.get("gpu_peak_mb", 0.0) for r in ours])
         print(f"| {dtype} | {spread(rates(bare))} | {spread(rates(ours))} | {ratio:.2f}x | "
               f"{split['forward']:.2f} / {split['convert']:.2f} / {split['write']:.2f} ({ours[0]['writer_threads']}) / "
-              f"{split['wait']:.2f} / {split['publish']:.2f} | {mb_s:,.0f} | {waiting:.0%} | {gpu} | "
+              f"{split['wait']:.2f} / {split['publish']:.2f} | {mb_s:,.1f} | {waiting:.0%} | {gpu} | "
               f"{spread([r['peak_rss_mb'] for r in ours])} |")
     print("\nWriting keeps up when the forward loop seldom waits on the writers (tnb / bare near 1); when it "
           "waits most of the time, encoding and disk are the limit, not the GPU.")

@@ -31,6 +31,7 @@ of the forward pass alone; :attr:`ExtractResult.seconds` says where the time wen
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import time
@@ -347,6 +348,31 @@ def _append(out: PartitionWriter, pos: np.ndarray, values: Any, width: int) -> f
     return time.perf_counter() - start
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc; elsewhere nothing).
+
+    Between batches the forward pass's transients are freed, but glibc keeps them and, with
+    the writer thread's allocations in between, fragments them: without this, RSS crept up
+    batch after batch (MiniLM: +200 MB from 5,000 to 80,000 tokens). Trimming once a batch
+    costs a few page faults in the next forward pass, no measurable time.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _forward(model: Any, input_ids: Any, need_resid: bool, spec_name: str) -> tuple[Any, ...] | None:
     """One forward pass; the hidden states (or None), nothing else kept (no key/value cache)."""
     import torch
@@ -495,6 +521,8 @@ def _run_model(
                 seconds["forward"] += middle - begin
                 seconds["convert"] += end - middle
                 batch_writer.submit(pos, batch)
+                del batch, values
+                release_free_memory()  # the previous batch's copies and this forward's transients are freed now
                 bar.update(len(pos))
         batch_writer.wait()
         start = time.perf_counter()

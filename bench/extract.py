@@ -104,6 +104,7 @@ def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size
 
 
 def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+    import pyarrow.parquet as pq
     import torch  # noqa: F401  (imported before the clock starts, as in the other approaches)
     import tqdm.auto  # noqa: F401
     from transformers import AutoModel  # noqa: F401
@@ -129,12 +130,14 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
     result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - start - result.seconds["load"]
     cpu_s = time.process_time() - cpu - load_cpu[0]
+    peak_rss = memory_mb()[1]  # before anything is read back
     files = list((Path(lake) / "activations").rglob("*.parquet"))
-    layer = target.read_layer(spec.name, "resid", 0)
+    width = pq.read_schema(files[0]).field("act").type.list_size
     return {"seconds": seconds, "cpu_s": cpu_s, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
-            "model_rss_mb": model_rss[0], "tokens": len(token_ids), "split": dict(result.seconds),
-            "bytes": sum(f.stat().st_size for f in files), "values": layer.size * (result.n_layers + 1),
-            "batch_mb": batch_size * seq_len * (result.n_layers + 1) * layer.shape[1] * 4 / 2**20}
+            "model_rss_mb": model_rss[0], "peak_rss_mb": peak_rss, "tokens": len(token_ids),
+            "split": dict(result.seconds), "bytes": sum(f.stat().st_size for f in files),
+            "values": sum(pq.read_metadata(f).num_rows for f in files) * width,
+            "batch_mb": batch_size * seq_len * (result.n_layers + 1) * width * 4 / 2**20}
 
 
 def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path) -> dict:
@@ -212,7 +215,7 @@ def main() -> None:
             result = child_bare(*sizes, args.batch_size)
         else:
             result = child_tnb(*sizes, args.batch_size)
-        result["peak_rss_mb"] = memory_mb()[1]
+        result.setdefault("peak_rss_mb", memory_mb()[1])
         print(json.dumps(result))
         return
 

@@ -365,8 +365,8 @@ def release_free_memory() -> None:
 
     Between batches the forward pass's transients are freed, but glibc keeps them and, with
     the writer thread's allocations in between, fragments them: without this, RSS crept up
-    batch after batch (MiniLM: +200 MB from 5,000 to 80,000 tokens). Trimming once a batch
-    costs a few page faults in the next forward pass, no measurable time.
+    batch after batch. Trimming once a batch costs the next forward pass some page faults
+    (within the noise of ``bench/extract.py`` on 2 shared cores).
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -71,11 +71,18 @@ def _token_stream(model: str, lake: Path, max_tokens: int, seq_len: int):
 
 
 def _warm_up(model) -> None:
-    """One forward pass over one token: faults in every weight page, starts the thread pools."""
+    """One forward pass over one token (starts the thread pools), then every weight read once.
+
+    Weights are memory-mapped from safetensors: a forward pass pages in only the embedding
+    rows of the tokens it sees (GPT-2's 154 MB embedding would otherwise be paged in as the
+    run goes, and read as growth with tokens).
+    """
     import torch
 
     with torch.inference_mode():
         model(input_ids=torch.zeros((1, 1), dtype=torch.int64))
+        for parameter in model.parameters():
+            parameter.sum()
 
 
 def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:

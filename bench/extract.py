@@ -1,34 +1,42 @@
-"""Extraction benchmark: tnb's extractor against the study's approach, side by side in one run.
+"""Extraction benchmark: tnb's extractor against a bare forward pass and the study's approach.
 
-Both run the same model over the same token stream, each in a fresh child process so
-that peak RSS is its own:
+Three approaches over the same model and the same token stream, each run in a fresh child
+process (so peak RSS is its own), interleaved round by round (bare tnb study, bare tnb
+study, ...), ``--repeats`` rounds:
 
+- bare: the base model (loaded as tnb loads it), batched as tnb batches, ``use_cache=False``,
+  no hidden states, nothing kept or written: the limit for tnb's speed;
+- tnb: :func:`tnb.extract.extract_activations`, every residual layer, tokens -> published
+  float16 Parquet in the lake;
 - study: the plain HF model *with* its LM head, batch size 1, ``output_hidden_states``,
-  every layer kept in RAM as float32, saved with ``np.savez_compressed``;
-- tnb: :func:`tnb.extract.extract_activations` (base model, batched, streamed to the lake
-  as float16 Parquet, zstd).
+  every layer kept in RAM as float32, saved with ``np.savez_compressed``.
 
-It prints tokens/s, peak RSS and bytes per activation on disk, and the ratios. Peak RSS
-is also measured at a quarter of the tokens, to show whether it grows with layers x tokens.
+Tokens/s is the pass alone (every approach: model load, tokenization and a one-token
+warm-up forward pass are timed apart). It prints min / median / max of each figure, the
+ratio of medians, where tnb's time goes, and the load average before and after (flagged
+when the machine was busy). Memory: peak RSS (each child's VmHWM) and peak RSS above the
+loaded model (VmRSS after load + warm-up: weights, libraries, thread pools), measured by
+tnb at each of ``--memory-tokens``, against one batch of every layer in float32.
 
-    python bench/extract.py                       # GPT-2-small shape (12 x 768), random weights
-    python bench/extract.py --model minilm        # the offline pretrained model
-    python bench/extract.py --model smollm2 --max-tokens 4096   # the GGUF decoder (30 layers)
-
-tnb's tokens/s leaves out loading the model (timed separately as ``load_s``: a GGUF
-checkpoint is dequantised on load), as the study's does.
+    python bench/extract.py                               # GPT-2-small shape (12 x 768), random weights
+    python bench/extract.py --model minilm                # the offline pretrained model
+    python bench/extract.py --max-tokens 4096 --repeats 3 --memory-tokens 5000 20000 80000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+APPROACHES = ("bare", "tnb", "study")
+STAGES = ("forward", "convert", "write", "wait", "publish")
 
 
 def make_gpt2_small(directory: Path) -> Path:
@@ -41,12 +49,102 @@ def make_gpt2_small(directory: Path) -> Path:
     return directory
 
 
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (VmHWM; ru_maxrss would include the parent's at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def memory_mb() -> tuple[float, float]:
+    """This process's (current, peak) resident memory: VmRSS and VmHWM (ru_maxrss would include the parent's at fork)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _token_stream(model: str, lake: Path, max_tokens: int, seq_len: int):
+    """Tokenize into a fresh lake (timed); returns (spec, stream, token_ids, seq_ids, tokenize seconds)."""
+    from tnb.extract import ensure_token_stream
+    from tnb.lake import Lake, partition_key
+    from tnb.models import load_tokenizer, resolve_model
+
+    spec = resolve_model(model)
+    begin = time.perf_counter()
+    name, tokenizer = load_tokenizer(spec)
+    stream = ensure_token_stream(Lake(lake), None, name, tokenizer, max_tokens, seq_len)
+    seconds = time.perf_counter() - begin
+    tokens = Lake(lake).read(partition_key("tokens", stream=stream))
+    return spec, stream, tokens["token_id"].to_numpy(), tokens["seq_id"].to_numpy(), seconds
+
+
+def _warm_up(model) -> None:
+    """One forward pass over one token (starts the thread pools), then every weight read once.
+
+    Weights are memory-mapped from safetensors: a forward pass pages in only the embedding
+    rows of the tokens it sees (GPT-2's 154 MB embedding would otherwise be paged in as the
+    run goes, and read as growth with tokens).
+    """
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.int64))
+        for parameter in model.parameters():
+            parameter.sum()
+
+
+def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+    import numpy as np
+    import torch
+
+    from tnb.extract import _batches, _wrapped_identity
+    from tnb.models import load_model
+
+    spec, stream, token_ids, seq_ids, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
+    from tnb.models import load_tokenizer
+
+    wrapping, _, _ = _wrapped_identity(spec, stream, load_tokenizer(spec)[1], False)
+    begin = time.perf_counter()
+    base = load_model(spec, "cpu")
+    _warm_up(base)
+    load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for _, ids in _batches(token_ids, seq_ids, batch_size):
+            input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64)))
+            base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
+            "tokenize_s": tokenize_s,
+            "model_rss_mb": model_rss, "tokens": len(token_ids)}
+
+
+def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+    import pyarrow.parquet as pq
+    import torch  # noqa: F401  (imported before the clock starts, as in the other approaches)
+    import tqdm.auto  # noqa: F401
+    from transformers import AutoModel  # noqa: F401
+
+    import tnb.extract
+    from tnb.extract import extract_activations
+    from tnb.lake import Lake
+
+    spec, stream, token_ids, _, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
+    load_model, model_rss, load_cpu = tnb.extract.load_model, [], []
+
+    def load_and_warm_up(*args, **kwargs):  # the same warm-up as the others, inside the load's time
+        cpu = time.process_time()
+        loaded = load_model(*args, **kwargs)
+        _warm_up(loaded)
+        model_rss.append(memory_mb()[0])
+        load_cpu.append(time.process_time() - cpu)
+        return loaded
+
+    tnb.extract.load_model = load_and_warm_up
+    target = Lake(lake)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - start - result.seconds["load"]
+    cpu_s = time.process_time() - cpu - load_cpu[0]
+    peak_rss = memory_mb()[1]  # before anything is read back
+    files = list((Path(lake) / "activations").rglob("*.parquet"))
+    width = pq.read_schema(files[0]).field("act").type.list_size
+    return {"seconds": seconds, "cpu_s": cpu_s, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
+            "model_rss_mb": model_rss[0], "peak_rss_mb": peak_rss, "tokens": len(token_ids),
+            "split": dict(result.seconds), "bytes": sum(f.stat().st_size for f in files),
+            "values": sum(pq.read_metadata(f).num_rows for f in files) * width,
+            "batch_mb": batch_size * seq_len * (result.n_layers + 1) * width * 4 / 2**20}
 
 
 def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path) -> dict:
@@ -54,18 +152,15 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from tnb.extract import ensure_token_stream
-    from tnb.lake import Lake, partition_key
-    from tnb.models import load_config, load_tokenizer, resolve_model
+    from tnb.models import load_config
 
-    spec = resolve_model(model)
-    name, tokenizer = load_tokenizer(spec)
-    stream = ensure_token_stream(Lake(lake), None, name, tokenizer, max_tokens, seq_len)
-    tokens = Lake(lake).read(partition_key("tokens", stream=stream))
-    token_ids, seq_ids = tokens["token_id"].to_numpy(), tokens["seq_id"].to_numpy()
+    spec, _, token_ids, seq_ids, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
     head_class = AutoModelForMaskedLM if load_config(spec).model_type == "bert" else AutoModelForCausalLM
+    begin = time.perf_counter()
     lm = head_class.from_pretrained(spec.source, **spec.load_kwargs()).eval()
-    start = time.perf_counter()
+    _warm_up(lm)
+    load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
+    start, cpu = time.perf_counter(), time.process_time()
     layers: dict[int, list] = {}
     with torch.no_grad():
         for seq in np.unique(seq_ids):
@@ -74,52 +169,44 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
                 layers.setdefault(layer, []).append(state[0].numpy().astype(np.float32))
     arrays = {f"layer_{layer}": np.concatenate(chunks) for layer, chunks in layers.items()}
     np.savez_compressed(out, **arrays)
-    seconds = time.perf_counter() - start
-    n_values = sum(a.size for a in arrays.values())
-    return {"seconds": seconds, "bytes": out.stat().st_size, "values": n_values, "tokens": len(token_ids)}
-
-
-def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
-    import tnb.extract
-    from tnb.extract import ensure_token_stream, extract_activations
-    from tnb.lake import Lake
-    from tnb.models import load_tokenizer, resolve_model
-
-    spec = resolve_model(model)
-    name, tokenizer = load_tokenizer(spec)
-    target = Lake(lake)
-    stream = ensure_token_stream(target, None, name, tokenizer, max_tokens, seq_len)
-    load_model, load_seconds = tnb.extract.load_model, []
-
-    def timed_load(*args, **kwargs):  # the model load is reported apart from the pass
-        begin = time.perf_counter()
-        loaded = load_model(*args, **kwargs)
-        load_seconds.append(time.perf_counter() - begin)
-        return loaded
-
-    tnb.extract.load_model = timed_load
-    start = time.perf_counter()
-    result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
-    seconds = time.perf_counter() - start - sum(load_seconds)
-    files = list((Path(lake) / "activations").rglob("*.parquet"))
-    n_values = sum(target.read_layer(spec.name, "resid", layer).size for layer in range(result.n_layers + 1))
-    return {"seconds": seconds, "load_s": sum(load_seconds), "bytes": sum(f.stat().st_size for f in files),
-            "values": n_values, "tokens": max_tokens}
+    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
+            "tokenize_s": tokenize_s, "model_rss_mb": model_rss, "tokens": len(token_ids), "bytes": out.stat().st_size,
+            "values": sum(a.size for a in arrays.values())}
 
 
 def run_child(argv: list[str]) -> dict:
-    completed = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True)
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
-    return result
+    return run_child_of(__file__, argv)
+
+
+def run_child_of(script: str, argv: list[str]) -> dict:
+    """Run ``script`` with ``argv`` in a fresh process; its last line of output is a JSON row."""
+    completed = subprocess.run([sys.executable, script, *argv], check=False, capture_output=True, text=True)
+    if completed.returncode != 0:
+        sys.exit(f"child {argv[:2]} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def load_line(label: str) -> tuple[str, float]:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {label}: {one:.2f} {five:.2f} {fifteen:.2f}", one
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """min / median / max."""
+    return " / ".join(f"{v:,.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: a GPT-2-small-shaped random model")
-    parser.add_argument("--max-tokens", type=int, default=20_000)
+    parser.add_argument("--max-tokens", type=int, default=20_000, help="tokens of the speed rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every approach")
+    parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
+    parser.add_argument("--memory-tokens", type=int, nargs="*", default=[5_000, 20_000],
+                        help="tnb's peak RSS at each of these sizes (the speed rounds' size is reused)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=("study", "tnb", "make-model"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("study", "tnb", "bare", "make-model"), help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -128,40 +215,105 @@ def main() -> None:
         print(json.dumps({}))
         return
     if args.child:
+        sizes = (args.model, args.lake, args.max_tokens, args.seq_len)
         if args.child == "study":
-            result = child_study(args.model, args.lake, args.max_tokens, args.seq_len, args.lake / "study.npz")
+            result = child_study(*sizes, args.lake / "study.npz")
+        elif args.child == "bare":
+            result = child_bare(*sizes, args.batch_size)
         else:
-            result = child_tnb(args.model, args.lake, args.max_tokens, args.seq_len, args.batch_size)
-        result["peak_rss_mb"] = peak_rss_mb()
+            result = child_tnb(*sizes, args.batch_size)
+        result.setdefault("peak_rss_mb", memory_mb()[1])
         print(json.dumps(result))
         return
 
+    cores = os.cpu_count() or 1
+    before, load_before = load_line("before")
+    print(before, f"({cores} cores)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:  # made in a child, so this parent stays small
             model = str(Path(tmp) / "gpt2-small-random")
             run_child(["--child", "make-model", "--lake", model])
-        rows = {}
-        for approach in ("study", "tnb"):
-            for tokens in (args.max_tokens // 4, args.max_tokens):
-                lake = Path(tmp) / f"{approach}-{tokens}"
-                argv = ["--child", approach, "--model", model, "--lake", str(lake), "--max-tokens", str(tokens),
-                        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
-                rows[(approach, tokens)] = run_child(argv)
-                print(f"  {approach:5s} {tokens:6d} tokens: {rows[(approach, tokens)]}", file=sys.stderr)
-    full, quarter = args.max_tokens, args.max_tokens // 4
-    print(f"\nmodel: {args.model or 'GPT-2-small shape, random weights'}; {full} tokens, sequences of {args.seq_len}")
-    print(f"| approach | tokens/s | peak RSS at {quarter} tok (MB) | peak RSS at {full} tok (MB) | bytes/activation |")
-    print("|---|---|---|---|---|")
-    for approach in ("study", "tnb"):
-        r, q = rows[(approach, full)], rows[(approach, quarter)]
-        print(f"| {approach} | {r['tokens'] / r['seconds']:.0f} | {q['peak_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['bytes'] / r['values']:.2f} |")
-    s, t = rows[("study", full)], rows[("tnb", full)]
-    print(f"\ntokens/s ratio tnb/study: {(t['tokens'] / t['seconds']) / (s['tokens'] / s['seconds']):.2f}x (goal >= 1.5x)")
-    print(f"peak RSS growth {quarter}->{full} tokens: study {s['peak_rss_mb'] - rows[('study', quarter)]['peak_rss_mb']:+.0f} MB, "
-          f"tnb {t['peak_rss_mb'] - rows[('tnb', quarter)]['peak_rss_mb']:+.0f} MB")
-    print(f"bytes per activation: tnb {t['bytes'] / t['values']:.2f} (goal <= 2.1), study {s['bytes'] / s['values']:.2f}")
+
+        def run(approach: str, tokens: int, label: str) -> dict:
+            lake = Path(tempfile.mkdtemp(dir=tmp))
+            row = run_child(["--child", approach, "--model", model, "--lake", str(lake), "--max-tokens", str(tokens),
+                             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)])
+            row["load_avg"] = os.getloadavg()[0]
+            print(f"  {label} {approach:5s} {tokens:6d} tok: {row['tokens'] / row['seconds']:6.0f} tok/s, "
+                  f"peak {row['peak_rss_mb']:5.0f} MB (model {row['model_rss_mb']:5.0f} MB), "
+                  f"load avg {row['load_avg']:.2f}", file=sys.stderr, flush=True)
+            subprocess.run(["rm", "-rf", str(lake)], check=False)
+            return row
+
+        rows: dict[str, list[dict]] = {approach: [] for approach in args.approaches}
+        for repeat in range(args.repeats):
+            for approach in args.approaches:
+                rows[approach].append(run(approach, args.max_tokens, f"round {repeat + 1}"))
+        memory: dict[int, list[dict]] = {args.max_tokens: rows.get("tnb", [])}
+        for tokens in args.memory_tokens:
+            if tokens != args.max_tokens or not memory[tokens]:
+                memory[tokens] = [run("tnb", tokens, "memory ")]
+    after, load_after = load_line("after")
+    report(args, model, rows, memory, before, after, load_before, load_after, cores)
+
+
+def report(args, model, rows, memory, before, after, load_before, load_after, cores) -> None:
+    def rate(row: dict) -> float:
+        return row["tokens"] / row["seconds"]
+
+    name = args.model or "GPT-2-small shape, random weights"
+    print(f"\nmodel: {name}; {args.max_tokens:,} tokens in sequences of {args.seq_len}, batches of "
+          f"{args.batch_size}; {args.repeats} interleaved rounds; {before}; {after}")
+    busy = load_before > 0.5 * cores or load_after > 1.5 * cores
+    if busy:
+        print(f"NOTE: the machine was busy (1-min load {load_before:.2f} before, {load_after:.2f} after, {cores} cores): "
+              "other jobs shared the cores, so absolute figures are low and noisy; read the ratios of medians.")
+    print("\n| approach | tokens/s (min / median / max) | CPU s per 1,000 tokens | peak RSS MB | "
+          "peak RSS above the loaded model MB | load s | tokenize s |")
+    print("|---|---|---|---|---|---|---|")
+    for approach, runs in rows.items():
+        print(f"| {approach} | {spread([rate(r) for r in runs])} | {spread([1000 * r['cpu_s'] / r['tokens'] for r in runs], 2)} | "
+              f"{spread([r['peak_rss_mb'] for r in runs])} | "
+              f"{spread([r['peak_rss_mb'] - r['model_rss_mb'] for r in runs])} | {spread([r['load_s'] for r in runs], 1)} | "
+              f"{spread([r['tokenize_s'] for r in runs], 1)} |")
+    medians = {approach: statistics.median(rate(r) for r in runs) for approach, runs in rows.items()}
+    if "tnb" in medians and "bare" in medians:
+        print(f"\ntokens/s, ratio of medians tnb / bare forward pass: {medians['tnb'] / medians['bare']:.3f}x (goal >= 0.95x)")
+        cpu = {a: statistics.median(r["cpu_s"] / r["tokens"] for r in rows[a]) for a in ("tnb", "bare")}
+        print(f"CPU time per token, ratio of medians tnb / bare: {cpu['tnb'] / cpu['bare']:.3f}x (the work writing adds; "
+              "on a machine whose cores are all busy, tokens/s cannot beat its inverse)")
+    if "tnb" in medians and "study" in medians:
+        print(f"tokens/s, ratio of medians tnb / study: {medians['tnb'] / medians['study']:.2f}x (goal >= 1.5x)")
+    if rows.get("tnb"):
+        runs = rows["tnb"]
+        total = statistics.median(r["seconds"] for r in runs)
+        print(f"\ntnb's time (median of {len(runs)}; pass {total:.1f} s; model load "
+              f"{statistics.median(r['load_s'] for r in runs):.1f} s and tokenization "
+              f"{statistics.median(r['tokenize_s'] for r in runs):.1f} s not in the pass):")
+        for stage in STAGES:
+            note = " (writer thread, overlaps the forward pass)" if stage == "write" else ""
+            print(f"  {stage:8s} {statistics.median(r['split'][stage] for r in runs):7.2f} s{note}")
+        other = total - statistics.median(sum(r["split"][s] for s in STAGES if s != "write") for r in runs)
+        print(f"  {'other':8s} {other:7.2f} s (token read, batching, locks, models row)")
+        if "bare" in rows:
+            print(f"  bare forward pass, same batches: {statistics.median(r['seconds'] for r in rows['bare']):7.2f} s")
+        print(f"bytes per activation on disk: tnb {runs[0]['bytes'] / runs[0]['values']:.2f}"
+              + (f", study {rows['study'][0]['bytes'] / rows['study'][0]['values']:.2f}" if rows.get("study") else ""))
+        batch_mb = runs[0]["batch_mb"]
+        print(f"\ntnb's memory; one batch of every layer in float32: {batch_mb:.0f} MB")
+        print("| tokens | peak RSS MB | model MB | peak above the model MB | / one batch |")
+        print("|---|---|---|---|---|")
+        for tokens, measured in sorted(memory.items()):
+            above = [r["peak_rss_mb"] - r["model_rss_mb"] for r in measured]
+            print(f"| {tokens:,} | {spread([r['peak_rss_mb'] for r in measured])} | "
+                  f"{spread([r['model_rss_mb'] for r in measured])} | {spread(above)} | "
+                  f"{statistics.median(above) / batch_mb:.1f}x |")
+        sizes = sorted(memory)
+        if len(sizes) > 1:
+            growth = (statistics.median(r["peak_rss_mb"] for r in memory[sizes[-1]])
+                      - statistics.median(r["peak_rss_mb"] for r in memory[sizes[0]]))
+            print(f"peak RSS growth {sizes[0]:,} -> {sizes[-1]:,} tokens: {growth:+.0f} MB (goal <= +50 MB)")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,63 @@ def test_kill_9_mid_extraction_then_rerun_matches_clean_run(tiny_gpt2_dir: Path,
     assert Lake(crashed).read_layer("tiny-gpt2", "resid", 2).shape == (1024, 32)
 
 
+
+def test_memory_is_one_batch_no_cache_and_no_output_outlives_its_write(
+    tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every forward pass runs without a key/value cache, and when one starts, no tensor the
+    previous pass returned is alive any more (only its float16 copies, being written)."""
+    import weakref
+
+    import tnb.extract
+
+    calls: list[dict] = []
+    previous: list[weakref.ref] = []
+    load_model = tnb.extract.load_model
+
+    def before(_module, _args, kwargs) -> None:
+        calls.append({"use_cache": kwargs.get("use_cache"), "alive": sum(ref() is not None for ref in previous)})
+        previous.clear()
+
+    def after(_module, _args, _kwargs, output) -> None:
+        previous.extend(weakref.ref(state) for state in output.hidden_states)
+
+    def hooked(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        model.register_forward_pre_hook(before, with_kwargs=True)
+        model.register_forward_hook(after, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(tnb.extract, "load_model", hooked)
+    result = _extract(Lake(tmp_path), str(tiny_gpt2_dir), sites=("resid",), batch_size=1)
+    assert len(calls) == 5  # 4 sequences of 64 and a short one: a batch each
+    assert calls == [{"use_cache": False, "alive": 0}] * 5
+    assert set(result.seconds) == {"load", "forward", "convert", "write", "wait", "publish"}
+
+
+def test_a_failing_write_in_the_writer_thread_publishes_nothing(
+    tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tnb import lake as lake_module
+
+    lake = Lake(tmp_path)
+    _extract(lake, str(tiny_gpt2_dir), sites=(), batch_size=1)  # the token stream and nothing else
+    before = lake_snapshot(lake.root)
+    write, calls = lake_module.PartitionWriter.write, []
+
+    def failing(self, data) -> None:
+        calls.append(self.key)
+        if len(calls) == 4:  # the second batch of the first partition, while the forward pass goes on
+            raise LakeError("disk gone")
+        write(self, data)
+
+    monkeypatch.setattr(lake_module.PartitionWriter, "write", failing)
+    with pytest.raises(LakeError, match="disk gone"):
+        _extract(lake, str(tiny_gpt2_dir), sites=("resid",), batch_size=1)
+    assert lake_snapshot(lake.root) == before
+    assert list((lake.root / "_staging").iterdir()) == []
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import lake_snapshot
@@ -304,3 +305,27 @@ def test_stale_staging_files_of_dead_processes_are_removed(tmp_path: Path) -> No
     dead.write_bytes(b"partial")
     Lake(tmp_path)
     assert not dead.exists()
+
+
+def test_writer_holds_a_bounded_row_group_whatever_the_batch(tmp_path: Path) -> None:
+    """One call of 2,048 rows x 768 (1.6 M values) is cut into row groups of ROW_GROUP_VALUES values
+    at most, so the open writer keeps buffers for one small row group (~12 bytes a value), not for
+    the whole call (~20 MB): with a partition per layer open, that is what bounds extraction's memory."""
+    width, rows = 768, 2_048
+    limit = lake_module.row_group_rows(activations_schema(width))
+    assert limit == lake_module.ROW_GROUP_VALUES // width
+    lake = Lake(tmp_path)
+    with lake.writer(_key(), activations_schema(width), {}) as out:
+        table = _acts(rows, width)
+        baseline = pa.total_allocated_bytes() - table.nbytes
+        out.write(table)
+        del table
+        held = pa.total_allocated_bytes() - baseline
+        assert held < 32 * lake_module.ROW_GROUP_VALUES, f"the open writer holds {held} bytes"
+        out.write(_acts(10, width, start=rows))
+    written = pq.read_metadata(lake.path(_key()))
+    sizes = [written.row_group(i).num_rows for i in range(written.num_row_groups)]
+    assert sum(sizes) == rows + 10 and max(sizes) == limit
+    # min/max of a vector column say nothing: none is written; the scalar column keeps its statistics
+    assert written.row_group(0).column(0).is_stats_set and not written.row_group(0).column(1).is_stats_set
+    np.testing.assert_array_equal(lake.read(_key())["pos"].to_numpy(), np.arange(rows + 10))

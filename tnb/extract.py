@@ -19,16 +19,25 @@ that add one, nothing for GPT-2 unless ``add_bos``); only the content positions 
 so every model with one tokenizer has the same rows, and the ``models`` table records the
 wrapping.
 
-Peak memory is one batch of every layer (``batch_size x seq_len x (n_layers + 1) x width``),
-never layers x tokens: each batch is appended as a row group to one staged Parquet file
-per partition, and all of them are published (renamed into place) when the pass ends.
+Peak memory is bounded by the batch, never layers x tokens: the forward pass of one batch
+(``use_cache=False``: no key/value cache is built) while the previous batch's activations
+of every partition (``batch_size x seq_len x width`` each, as stored) are encoded and
+appended to one staged Parquet file per partition by a writer thread; no reference to a
+batch outlives its write. All partitions are published (renamed into place) when the pass
+ends. The writing overlaps the next forward pass, so extraction runs at nearly the speed
+of the forward pass alone; :attr:`ExtractResult.seconds` says where the time went.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import functools
+import inspect
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from tnb.errors import CorpusError, LakeError, ModelError, TnbError
-from tnb.lake import Lake, PartitionKey, partition_key
+from tnb.lake import Lake, PartitionKey, PartitionWriter, partition_key
 from tnb.models import (
     SITES,
     Architecture,
@@ -60,6 +69,10 @@ class ExtractResult:
     n_layers: int
     written: tuple[str, ...]  # partitions published by this call
     skipped: tuple[str, ...]  # partitions that were already complete
+    # where the time went (seconds): load, forward, convert (to the stored dtype, on the host),
+    # write (encode + append, in the writer thread, overlapping the next forward), wait (the
+    # forward loop blocked on the writer), publish; empty when nothing was written
+    seconds: Mapping[str, float] = field(default_factory=dict)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -287,13 +300,94 @@ def _batches(token_ids: np.ndarray, seq_ids: np.ndarray, batch_size: int) -> Ite
         first = last
 
 
-def _activation_table(pos: np.ndarray, values: Any, width: int, schema: pa.Schema, dtype: str) -> pa.Table:
-    import torch
-
-    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-    flat = values.reshape(-1, width).to(device="cpu", dtype=torch_dtype).contiguous().numpy().reshape(-1)
+def _activation_table(pos: np.ndarray, values: Any, width: int, schema: pa.Schema) -> pa.Table:
+    """``values`` (a host tensor of shape (batch, seq, width), already in the stored dtype) as rows."""
+    flat = values.contiguous().numpy().reshape(-1)
     act = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
     return pa.Table.from_arrays([pa.array(pos), act], schema=schema)
+
+
+def writer_threads(device: str, n_partitions: int) -> int:
+    """Threads that encode and append batches: one beside a CPU forward pass (which uses the
+    cores), up to one per partition and core beside a GPU, where encoding is the limit."""
+    if device == "cpu":
+        return 1
+    return max(1, min(n_partitions, (os.cpu_count() or 2) - 1))
+
+
+class _BatchWriter:
+    """Appends each batch to its partitions in a thread pool, one batch in flight.
+
+    :meth:`submit` first waits until the previous batch is written (re-raising a writer's
+    error), so at most two batches are alive: the one being written and the one just made.
+    Each partition receives its batches in order.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, seconds: dict[str, float]):
+        self._pool, self._seconds = pool, seconds
+        self._pending: list[Future[float]] = []
+
+    def submit(self, pos: np.ndarray, batch: Sequence[tuple[PartitionWriter, Any, int]]) -> None:
+        self.wait()
+        self._pending = [self._pool.submit(_append, out, pos, values, width) for out, values, width in batch]
+
+    def wait(self) -> None:
+        start = time.perf_counter()
+        pending, self._pending = self._pending, []
+        try:
+            self._seconds["write"] += sum(future.result() for future in pending)
+        finally:
+            for future in pending:  # none still running when an error propagates
+                future.cancel() or future.exception()
+            self._seconds["wait"] += time.perf_counter() - start
+
+
+def _append(out: PartitionWriter, pos: np.ndarray, values: Any, width: int) -> float:
+    start = time.perf_counter()
+    out.write(_activation_table(pos, values, width, out.schema))
+    return time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc; elsewhere nothing).
+
+    Between batches the forward pass's transients are freed, but glibc keeps them and, with
+    the writer thread's allocations in between, fragments them: without this, RSS crept up
+    batch after batch. Trimming once a batch costs the next forward pass some page faults
+    (within the noise of ``bench/extract.py`` on 2 shared cores).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _forward(model: Any, input_ids: Any, need_resid: bool, spec_name: str) -> tuple[Any, ...] | None:
+    """One forward pass; the hidden states (or None), nothing else kept (no key/value cache)."""
+    import torch
+
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids), "output_hidden_states": need_resid}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        kwargs["use_cache"] = False
+    try:
+        output = model(input_ids=input_ids, **kwargs)
+    except (IndexError, RuntimeError) as error:  # e.g. sequences beyond the position embeddings
+        raise ModelError(
+            f"the forward pass of {spec_name} failed on sequences of {input_ids.shape[1]} tokens "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        ) from None
+    return output.hidden_states if need_resid else None
 
 
 def extract_activations(
@@ -344,11 +438,14 @@ def extract_activations(
         replace_row = register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite, check_only=True)
         todo = [(s, layer, k) for s, layer, k in wanted if overwrite or not lake.is_complete(k, config, inputs)]
         skipped = tuple(str(k) for s, layer, k in wanted if (s, layer, k) not in todo)
+        seconds: dict[str, float] = {}
         if todo:
-            _run_model(lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping, inputs)
+            seconds = _run_model(
+                lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping, inputs
+            )
         # the models row once its activations exist
         register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite or replace_row)
-    return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped)
+    return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped, seconds)
 
 
 def _run_model(
@@ -364,7 +461,7 @@ def _run_model(
     progress: bool,
     wrapping: Wrapping,
     inputs: dict[str, str] | None = None,
-) -> None:
+) -> dict[str, float]:
     import torch
     from tqdm.auto import tqdm
 
@@ -372,6 +469,8 @@ def _run_model(
     token_ids = tokens.column("token_id").to_numpy()
     seq_ids = tokens.column("seq_id").to_numpy()
     device = pick_device(device)
+    seconds = dict.fromkeys(("load", "forward", "convert", "write", "wait", "publish"), 0.0)
+    start = time.perf_counter()
     try:
         model = load_model(spec, device)
     except TnbError:
@@ -379,8 +478,11 @@ def _run_model(
     except Exception as error:  # noqa: BLE001  (truncated or empty weights: safetensors raises its own type)
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
+    seconds["load"] = time.perf_counter() - start
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
     need_resid = any(site == "resid" for site, _, _ in todo)
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with contextlib.ExitStack() as stack:
         writers = {
             (site, layer): stack.enter_context(
@@ -388,6 +490,11 @@ def _run_model(
             )
             for site, layer, key in todo
         }
+        # entered after the writers, so left first: no write is running when they publish or abort
+        pool = stack.enter_context(
+            ThreadPoolExecutor(writer_threads(device, len(todo)), thread_name_prefix="tnb-write")
+        )
+        batch_writer = _BatchWriter(pool, seconds)
         captured = stack.enter_context(capture_inputs(model, list(mlp_names.values())))
         bar = stack.enter_context(
             tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
@@ -396,22 +503,28 @@ def _run_model(
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
                 content = wrapping.content(ids.shape[1])
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
-                try:
-                    output = model(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        output_hidden_states=need_resid,
-                    )
-                except (IndexError, RuntimeError) as error:  # e.g. sequences beyond the position embeddings
-                    raise ModelError(
-                        f"the forward pass of {spec.name} failed on sequences of {input_ids.shape[1]} tokens "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-                    ) from None
-                hidden = output.hidden_states if need_resid else None
+                begin = time.perf_counter()
+                hidden = _forward(model, input_ids, need_resid, spec.name)
+                sync()
+                middle = time.perf_counter()
                 if need_resid and len(hidden) != arch.n_layers + 1:
                     raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")
+                batch = []
                 for (site, layer), out in writers.items():
                     values = hidden[layer] if site == "resid" else captured[mlp_names[layer]]
-                    values = values[:, content]  # special positions are fed, not stored
-                    out.write(_activation_table(pos, values, arch.width(site), out.schema, dtype))
+                    # special positions are fed, not stored; converted on the device, then copied
+                    values = values[:, content].to(dtype=torch_dtype).to("cpu")
+                    batch.append((out, values, arch.width(site)))
+                hidden = None  # the forward's outputs go now: only the converted copies are kept
+                captured.clear()
+                end = time.perf_counter()
+                seconds["forward"] += middle - begin
+                seconds["convert"] += end - middle
+                batch_writer.submit(pos, batch)
+                del batch, values
+                release_free_memory()  # the previous batch's copies and this forward's transients are freed now
                 bar.update(len(pos))
+        batch_writer.wait()
+        start = time.perf_counter()
+    seconds["publish"] = time.perf_counter() - start
+    return seconds

@@ -215,8 +215,12 @@ def test_real_dask_scheduler_and_two_workers(pipeline_run: dict, tmp_path: Path,
     from distributed import Client
 
     dask = str(Path(sys.executable).parent / "dask")
+    # The workers need the client's environment: this test imports the checkout's `flows`
+    # (an installed tnb has it as `tnb.flows`), so they get the checkout on their path too.
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONPATH=path)
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     processes = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], env)]

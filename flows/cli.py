@@ -36,26 +36,18 @@ def _marker() -> Path:
     return Path(os.environ["PREFECT_HOME"]) / "tnb-server.json"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def tnb_server_url() -> str | None:
     """The base URL of the running ``tnb server`` (from its marker), or ``None``."""
     import json
+
+    from tnb.lake import pid_alive
 
     try:
         marker = json.loads(_marker().read_text())
         host, port, pid = str(marker["host"]), int(marker["port"]), int(marker["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return None
     url = f"http://{host}:{port}"
     return url if _healthy(f"{url}/api") else None

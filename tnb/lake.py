@@ -158,7 +158,8 @@ def _fault_point(step: str, table: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -339,7 +340,7 @@ class Lake:
         """
         for path in self.staging.iterdir():
             owner = _staged_owner(path.name)
-            if owner is not None and owner[1] == _HOST and not _pid_alive(owner[0]):
+            if owner is not None and owner[1] == _HOST and not pid_alive(owner[0]):
                 path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- state

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from flows.cli import prefect_api
     from flows.pipeline import pipeline_flow
+    from tnb.params import BiclusterParams, ComputeParams, CorpusParams, ExtractParams, Study
 
     bicluster = {"row_ks": ks, "col_ks": ks, "n_null": args.n_null, "n_seeds": args.n_seeds, "seed": args.seed}
     common = {"bicluster": bicluster, "null_chunk_size": args.null_chunk}
@@ -175,10 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pipeline starts ({_load()})")
         started = time.time()
         wall_start = time.perf_counter()
-        outcome = pipeline_flow(
-            lake=str(lake), models=[str(model_dir)], max_tokens=args.tokens, seq_len=args.seq_len,
-            n_workers=args.workers, report_dir=str(work / "report"), progress=False, **common,
-        )
+        outcome = pipeline_flow(study=Study(
+            lake=str(lake), corpus=CorpusParams(max_tokens=args.tokens, seq_len=args.seq_len),
+            extract=ExtractParams(models=(str(model_dir),)), bicluster=BiclusterParams(**bicluster),
+            compute=ComputeParams(n_workers=args.workers, null_chunk_size=args.null_chunk),
+            report_dir=str(work / "report"), progress=False,
+        ))
         pipeline_wall = time.perf_counter() - wall_start
         print(f"pipeline done ({_load()})")
         tasks = _task_seconds(started)

@@ -29,6 +29,7 @@ by ``seed`` alone, computed whole by one task, with single-threaded BLAS
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tnb.bicluster_stage import BiclusterParams, bicluster_partition, layer_partitions, null_chunk, partition_state
+from tnb.errors import TnbError
 from tnb.lake import Lake
 
 
@@ -58,14 +60,25 @@ def _blas_threads(n_threads: int | None) -> Iterator[None]:
         yield
 
 
-def _retry_on_os_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient I/O (a flaky network mount), never a lake-state error a user must fix."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError)
+#: OS errors that a retry cannot fix: a missing or unreadable path, a full or read-only disk.
+_DETERMINISTIC_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                                   errno.EEXIST, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG})
+
+
+def is_transient_io_error(error: BaseException | None) -> bool:
+    """An I/O error that may pass on a retry (a flaky network mount, a timeout), not bad input or lake state."""
+    if not isinstance(error, OSError) or isinstance(error, TnbError):
+        return False
+    return error.errno not in _DETERMINISTIC_ERRNOS
+
+
+def retry_transient_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient I/O only, never an error a user must fix."""
+    return is_transient_io_error(state.result(raise_on_failure=False))
 
 
 @task(
-    name="list-partitions", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_on_os_error,
+    name="list-partitions", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_io,
     cache_policy=NO_CACHE,
 )
 def list_partitions_task(

@@ -1,6 +1,7 @@
-"""``tnb run``, ``tnb bicluster`` and ``tnb server``: the orchestrated commands.
+"""The Prefect side of the ``tnb`` command line: which server a command reports to, and ``tnb server``.
 
-``tnb.cli`` calls :func:`register` to add them. Which Prefect API a command talks to
+``tnb.cli`` (the command line itself) imports this module only when a command starts a
+flow; nothing here imports ``tnb.cli``. Which Prefect API a command talks to
 (:func:`prefect_api`):
 
 1. ``PREFECT_API_URL`` when set (a server you run, or Prefect Cloud);
@@ -16,13 +17,11 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +123,69 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def cli_console() -> Iterator[None]:
+    """The terminal of a ``tnb`` command: the flows' own messages, warnings and errors, not Prefect's run chatter.
+
+    Prefect's console handler prints every INFO record ("Beginning flow run", "View at",
+    "Finished in state", "Stopping temporary server"), so an error a user can act on came
+    after 7-12 such lines. For the command's duration, in this process:
+
+    - Prefect's console handlers drop records below WARNING;
+    - what the flows and tasks of ``flows/`` ``print`` (``log_prints``: progress, "N partitions
+      written") goes to stdout as plain lines;
+
+    and processes started meanwhile (Dask workers) get ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING``.
+    Every record still reaches the Prefect server (its API handler is untouched): the UI has
+    the whole log. A :class:`tnb.errors.TnbError` is then printed once, by ``tnb.cli.main``.
+    """
+    import logging
+
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()  # Prefect's handlers first: setting them up later would replace ours
+
+    def warnings_and_up(record: logging.LogRecord) -> bool:
+        # "Finished in state NotReady('Upstream task run ... did not reach a COMPLETED state')": the
+        # upstream task's own error says what went wrong (and a user error is printed once, by tnb.cli)
+        return record.levelno >= logging.WARNING and "Finished in state NotReady(" not in record.getMessage()
+
+    here = Path(__file__).resolve().parent
+
+    def from_the_flows(record: logging.LogRecord) -> bool:
+        # what flows/*.py print (log_prints: Prefect logs it with the caller's file) or log below WARNING
+        return record.levelno < logging.WARNING and Path(record.pathname).resolve().parent == here
+
+    consoles = {
+        handler
+        for logger in [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+        for handler in getattr(logger, "handlers", ())
+        if isinstance(handler, PrefectConsoleHandler)
+    }
+    messages = logging.StreamHandler(sys.stdout)
+    messages.addFilter(from_the_flows)
+    messages.setFormatter(logging.Formatter("%(message)s"))
+    run_loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for handler in consoles:
+        handler.addFilter(warnings_and_up)
+    for logger in run_loggers:
+        logger.addHandler(messages)
+    previous = os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+    try:
+        yield
+    finally:
+        for handler in consoles:
+            handler.removeFilter(warnings_and_up)
+        for logger in run_loggers:
+            logger.removeHandler(messages)
+        if previous is None:
+            os.environ.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)
+        else:
+            os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = previous
+
+
 _WATCHDOG = """
 import os, signal, sys, time
 parent, child = int(sys.argv[1]), int(sys.argv[2])
@@ -169,202 +231,6 @@ def _flush_logs() -> None:
         APILogHandler().flush()
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.replace(",", " ").split()]
-
-
-def _add_bicluster_args(parser: argparse.ArgumentParser) -> None:
-    from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams
-
-    defaults = BiclusterParams()
-    group = parser.add_argument_group("biclustering")
-    group.add_argument("--method", choices=METHODS, default=defaults.method, help="(default: %(default)s)")
-    group.add_argument("--grid", type=int, nargs="+", default=None, metavar="K",
-                       help="row and column ks at once (default: 6 9 12)")
-    group.add_argument("--row-ks", type=int, nargs="+", default=None, metavar="K", help="token-cluster counts")
-    group.add_argument("--col-ks", type=int, nargs="+", default=None, metavar="K", help="neuron-cluster counts")
-    group.add_argument("--input", choices=INPUTS, default=defaults.input,
-                       help="cluster the study's |z| per neuron or the signed z (default: %(default)s)")
-    group.add_argument("--null", choices=NULLS, default=defaults.null,
-                       help="null of z and p; each draw refits the whole grid (default: %(default)s)")
-    group.add_argument("--n-null", type=int, default=defaults.n_null,
-                       help="null draws; p >= 1/(n_null+1) (default: %(default)s)")
-    group.add_argument("--statistic", choices=STATISTICS, default=defaults.statistic,
-                       help="what z and p test (default: %(default)s)")
-    group.add_argument("--n-seeds", type=int, default=defaults.n_seeds,
-                       help="fits with different seeds behind `stability` (default: %(default)s)")
-    group.add_argument("--n-shuffles", type=int, default=defaults.n_shuffles,
-                       help="label shuffles behind z_shuffle, fitted vs shuffled labels (default: %(default)s)")
-    group.add_argument("--selection", choices=SELECTION_RULES, default=defaults.selection,
-                       help="rule picking each layer's grid point (default: %(default)s; 'r2' is the study's)")
-    group.add_argument("--alpha", type=float, default=defaults.alpha,
-                       help="significance level of p_layer (default: %(default)s)")
-    group.add_argument("--min-stability", type=float, default=defaults.min_stability,
-                       help="stability (mean pairwise ARI) a finding needs (default: %(default)s)")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
-    group.add_argument("--drop-first", type=int, default=defaults.drop_first,
-                       help="leave the first N positions of every sequence out of the matrix (default: %(default)s)")
-    where = parser.add_argument_group("where the bicluster tasks run")
-    where.add_argument("--dask-address", default=None, metavar="ADDR",
-                       help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
-    where.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core)")
-    where.add_argument("--serial", action="store_true", help="no Dask: one layer at a time in this process")
-    where.add_argument("--null-chunk", type=int, default=25,
-                       help="null draws per Dask task (default: %(default)s)")
-
-
-_PARAM_NAMES = (
-    "method", "row_ks", "col_ks", "input", "null", "n_null", "statistic", "n_seeds", "n_shuffles", "selection",
-    "alpha", "min_stability", "seed", "drop_first",
-)
-
-
-def _bicluster_kwargs(args: argparse.Namespace) -> dict:
-    """The flows' keyword arguments: ``bicluster`` (the stage's parameters) and where tasks run."""
-    grid = args.grid or [6, 9, 12]
-    values = {name: getattr(args, name, None) for name in _PARAM_NAMES}
-    values["row_ks"] = tuple(args.row_ks or grid)
-    values["col_ks"] = tuple(args.col_ks or grid)
-    return {
-        "bicluster": values,
-        "dask_address": args.dask_address,
-        "n_workers": args.workers,
-        "serial": args.serial,
-        "null_chunk_size": args.null_chunk,
-    }
-
-
-def _check_params(kwargs: dict) -> None:
-    """Validate before any server or cluster starts (errors print as one line)."""
-    from tnb.bicluster_stage import BiclusterParams
-
-    params = BiclusterParams.from_mapping(kwargs["bicluster"])
-    params.null_chunks(kwargs["null_chunk_size"])
-    if kwargs.get("dask_address"):
-        check_dask_address(kwargs["dask_address"])
-
-
-def check_dask_address(address: str, timeout: float = 5.0) -> None:
-    """Fail in one line, within ``timeout`` seconds, when nothing answers at a Dask scheduler address."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from tnb.errors import TnbError
-
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-    if parts.scheme not in ("tcp", "tls") or not host or not port:
-        raise TnbError(f"--dask-address should look like tcp://HOST:PORT. Got {address!r} instead.")
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as error:
-        raise TnbError(
-            f"no Dask scheduler answers at {address} ({error.strerror or error}); start one "
-            "(dask scheduler) or leave out --dask-address for a local cluster"
-        ) from None
-
-
-def _check_stage_inputs(args: argparse.Namespace, models: list[str], kwargs: dict) -> None:
-    """What a stage of ``tnb run`` would find wrong inside the flow, found before any server starts.
-
-    The grid against each model's width (the extract stage makes the activations), else
-    against the activations in the lake; the metrics and the report directory when only
-    the analyze stage runs. Bad input thus prints one line and no Prefect log.
-    """
-    from tnb.bicluster_stage import BiclusterParams, check_grid_fits, layer_partitions
-    from tnb.errors import LakeError
-    from tnb.lake import Lake
-    from tnb.models import architecture, load_config, resolve_model, untrained_twin
-    from tnb.params import StageError
-
-    params = BiclusterParams.from_mapping(kwargs["bicluster"])
-    stages = set(args.stages)
-    specs = [resolve_model(model) for model in models]
-    if "bicluster" in stages and "extract" in stages:
-        for spec in specs:
-            arch = architecture(load_config(spec))
-            for site in args.sites:
-                width = arch.width(site)
-                if width <= max(params.col_ks):
-                    raise StageError(f"{spec.name} {site} has {width} neurons; the grid needs more than "
-                                   f"{max(params.col_ks)} (col_ks={params.col_ks})")
-        n_sequences = -(-args.max_tokens // args.seq_len)
-        if args.max_tokens - params.drop_first * n_sequences <= max(params.row_ks):
-            raise StageError(f"--max-tokens {args.max_tokens} leaves too few tokens for the grid: it needs more than "
-                           f"{max(params.row_ks)} after drop_first={params.drop_first} (row_ks={params.row_ks})")
-    elif "bicluster" in stages:
-        if not Path(args.lake).expanduser().is_dir():
-            raise LakeError(f"no lake at {Path(args.lake).absolute()}; check --lake, or run the extract stage too")
-        lake = Lake(args.lake, read_only=True)
-        twins = (False, True) if args.control else (False,)
-        names = [untrained_twin(spec, params.seed).name if twin else spec.name for spec in specs for twin in twins]
-        for partition in layer_partitions(lake, names, args.sites, args.layers):
-            check_grid_fits(lake, *partition, params)
-    if "analyze" in stages and "bicluster" not in stages and args.report_dir:
-        from tnb.report import check_report_inputs
-
-        site = args.sites[0] if len(args.sites) == 1 else None
-        check_report_inputs(args.lake, args.report_dir, site=site, method=params.method, drop_first=params.drop_first)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from tnb.cli import _preflight
-
-    models = args.model or ["minilm"]
-    for model in models:
-        _preflight(argparse.Namespace(**{**vars(args), "model": model}))
-    kwargs = _bicluster_kwargs(args)
-    _check_params(kwargs)
-    _check_stage_inputs(args, models, kwargs)
-    start = time.perf_counter()
-    with prefect_api():
-        from .pipeline import pipeline_flow
-
-        outcome = pipeline_flow(
-            lake=args.lake, models=models, corpus=args.corpus, hub_config=args.corpus_config, max_tokens=args.max_tokens,
-            seq_len=args.seq_len, sites=args.sites, layers=args.layers, batch_size=args.batch_size,
-            text_column=args.text_column, max_documents=args.max_documents, report_dir=args.report_dir,
-            stages=args.stages, overwrite=args.overwrite, control=args.control, add_bos=args.bos, **kwargs,
-        )
-    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
-    print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(args.lake).absolute()}")
-    if "analyze" in outcome:
-        print(f"report: {outcome['analyze']['html']}")
-    return 0
-
-
-def _cmd_bicluster(args: argparse.Namespace) -> int:
-    from tnb.bicluster_stage import BiclusterParams, check_grid_fits, is_done, layer_partitions
-    from tnb.errors import LakeError
-    from tnb.lake import Lake
-
-    if not Path(args.lake).expanduser().is_dir():
-        raise LakeError(f"no lake at {Path(args.lake).absolute()}; check --lake (`tnb extract` makes one)")
-    lake = Lake(args.lake)
-    kwargs = _bicluster_kwargs(args)
-    _check_params(kwargs)
-    # bad input fails here, as one line, before any server or cluster starts
-    params = BiclusterParams.from_mapping(kwargs["bicluster"])
-    for partition in layer_partitions(lake, args.model, args.sites, args.layers):
-        check_grid_fits(lake, *partition, params)
-        if not args.overwrite:
-            is_done(lake, *partition, params)
-    with prefect_api():
-        from .bicluster import bicluster_flow
-
-        outcomes = bicluster_flow(
-            lake=args.lake, models=args.model, sites=args.sites, layers=args.layers, overwrite=args.overwrite, **kwargs
-        )
-    written = sum(o["status"] == "written" for o in outcomes)
-    stale = sum(o.get("reason") == "stale" for o in outcomes)
-    redone = f" ({stale} of them stale: their activations changed)" if stale else ""
-    print(f"tnb bicluster: {written} partitions written{redone}, {len(outcomes) - written} already complete")
-    return 0
-
-
 def server_command(host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
     """The command ``tnb server`` runs (documented in the README)."""
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
@@ -380,21 +246,22 @@ def _write_marker(host: str, port: int, pid: int) -> None:
     staged.replace(_marker())
 
 
-def _cmd_server(args: argparse.Namespace) -> int:
+def serve(host: str = UI_HOST, port: int = UI_PORT) -> int:
+    """``tnb server``: run a Prefect server with its UI until interrupted; its exit status."""
     import signal
 
     _env.configure()
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     # The UI talks to this server's own API (Prefect's UI would follow PREFECT_API_URL, or port 4200).
-    api_url = f"http://{args.host}:{args.port}/api"
+    api_url = f"http://{host}:{port}/api"
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_API_URL=api_url,
-               PREFECT_SERVER_API_HOST=args.host, PREFECT_SERVER_API_PORT=str(args.port))
-    command = server_command(args.host, args.port)
+               PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port))
+    command = server_command(host, port)
     print(f"tnb: {' '.join(command)}  (analytics off; PREFECT_HOME={env['PREFECT_HOME']})")
-    print(f"tnb: UI at http://{args.host}:{args.port}; `tnb run` in another shell reports to it automatically")
+    print(f"tnb: UI at http://{host}:{port}; `tnb run` in another shell reports to it automatically")
     server = subprocess.Popen(command, env=env)
     die_with_us(server.pid)
-    _write_marker(args.host, args.port, server.pid)
+    _write_marker(host, port, server.pid)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -413,40 +280,3 @@ def _cmd_server(args: argparse.Namespace) -> int:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``run``, ``bicluster`` and ``server`` to the ``tnb`` command line."""
-    from tnb.cli import _positive_int, add_corpus_args
-    from tnb.models import PRESETS, SITES
-
-    run = subparsers.add_parser("run", help="the whole study: extract -> bicluster -> report, orchestrated by Prefect")
-    add_corpus_args(run)
-    run.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
-                     help=f"{', '.join(PRESETS)}, a model directory or a hub id; repeatable (default: minilm)")
-    run.add_argument("--sites", nargs="+", choices=SITES, default=["resid"], help="(default: resid)")
-    run.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
-    run.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
-    run.add_argument("--report-dir", default="report", help="where the report goes (default: %(default)s)")
-    run.add_argument("--no-control", dest="control", action="store_false",
-                     help="skip each model's untrained twin (<model>-untrained, run by default as the control)")
-    run.add_argument("--bos", action="store_true",
-                     help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
-    run.add_argument("--stages", nargs="+", choices=("extract", "bicluster", "analyze"),
-                     default=["extract", "bicluster", "analyze"], help="run only these stages")
-    _add_bicluster_args(run)
-    run.set_defaults(func=_cmd_run)
-
-    bicluster = subparsers.add_parser("bicluster", help="bicluster the activations already in the lake")
-    bicluster.add_argument("--lake", default="lake", help="lake root directory (default: %(default)s)")
-    bicluster.add_argument("--model", action="append", default=None, help="model name(s) in the lake (default: all)")
-    bicluster.add_argument("--sites", nargs="+", choices=SITES, default=None, help="(default: all in the lake)")
-    bicluster.add_argument("--layers", type=int, nargs="+", default=None, help="(default: all in the lake)")
-    bicluster.add_argument("--overwrite", action="store_true", help="redo partitions that are already complete")
-    _add_bicluster_args(bicluster)
-    bicluster.set_defaults(func=_cmd_bicluster)
-
-    server = subparsers.add_parser("server", help="start a Prefect server with its UI on 127.0.0.1 (analytics off)")
-    server.add_argument("--host", default=UI_HOST, help="(default: %(default)s)")
-    server.add_argument("--port", type=int, default=UI_PORT, help="(default: %(default)s)")
-    server.set_defaults(func=_cmd_server)

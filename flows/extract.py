@@ -11,11 +11,15 @@ from prefect import flow, task
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake
 from tnb.models import DEFAULT_TWIN_SEED, load_tokenizer, resolve_model, untrained_twin
+from tnb.params import ExtractParams, Study
 
-from .bicluster import _retry_on_os_error  # retry transient I/O only, never bad input
+from .bicluster import retry_transient_io  # retry transient I/O only, never bad input
+
+DEFAULT_MODEL = ExtractParams.models[0]
+DEFAULT_STUDY = Study()  # the flows' default parameter (frozen: one instance serves every call)
 
 
-@task(name="tokenize", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_on_os_error)
+@task(name="tokenize", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_io)
 def tokenize_task(
     lake: str,
     model: str,
@@ -71,50 +75,38 @@ def extract_task(
 
 
 @flow(name="tnb-tokenize", log_prints=True)
-def tokenize_flow(
-    lake: str = "lake",
-    model: str = "minilm",
-    corpus: str | None = None,
-    max_tokens: int = 20_000,
-    seq_len: int = 128,
-    text_column: str = "text",
-    max_documents: int | None = None,
-    overwrite: bool = False,
-    hub_config: str | None = None,
-) -> str:
-    """Ingest the corpus and write its token stream for ``model``'s tokenizer."""
-    return tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite, hub_config)
+def tokenize_flow(study: Study = DEFAULT_STUDY, model: str = DEFAULT_MODEL) -> str:
+    """Ingest the study's corpus and write its token stream for ``model``'s tokenizer."""
+    return _tokenize(study, model)
+
+
+def _tokenize(study: Study, model: str) -> str:
+    corpus = study.corpus
+    return tokenize_task(
+        study.lake, model, corpus.source, corpus.max_tokens, corpus.seq_len, corpus.text_column,
+        corpus.max_documents, study.overwrite, corpus.config,
+    )
 
 
 @flow(name="tnb-extract", log_prints=True)
 def extract_flow(
-    lake: str = "lake",
-    model: str = "minilm",
-    corpus: str | None = None,
-    max_tokens: int = 20_000,
-    seq_len: int = 128,
-    sites: tuple[str, ...] = ("resid",),
-    layers: list[int] | None = None,
-    batch_size: int = 16,
-    dtype: str = "float16",
-    overwrite: bool = False,
-    text_column: str = "text",
-    max_documents: int | None = None,
-    progress: bool = True,
-    hub_config: str | None = None,
+    study: Study = DEFAULT_STUDY,
+    model: str = DEFAULT_MODEL,
     untrained: bool = False,
     twin_seed: int = DEFAULT_TWIN_SEED,
-    add_bos: bool = False,
 ) -> dict:
     """Tokenize (once per corpus and tokenizer) and extract every requested layer of ``model``.
 
+    The study says the corpus, sites, layers, batch size, dtype, BOS and whether to
+    overwrite (its ``extract.models`` and ``control`` are the pipeline's business).
     ``untrained`` extracts the model's untrained twin (same config and tokenizer, weights
-    drawn under ``torch.manual_seed(twin_seed)``), stored as ``<model>-untrained``;
-    ``add_bos`` puts the tokenizer's BOS before every sequence where it puts none (GPT-2).
+    drawn under ``torch.manual_seed(twin_seed)``), stored as ``<model>-untrained``.
     """
-    stream = tokenize_task(lake, model, corpus, max_tokens, seq_len, text_column, max_documents, overwrite, hub_config)
+    stream = _tokenize(study, model)
+    extract = study.extract
     result = extract_task(
-        lake, model, stream, tuple(sites), layers, batch_size, dtype, overwrite, progress, untrained, twin_seed, add_bos
+        study.lake, model, stream, extract.sites, list(extract.layers) if extract.layers is not None else None,
+        extract.batch_size, extract.dtype, study.overwrite, study.progress, untrained, twin_seed, extract.add_bos,
     )
     print(f"{result['model']}: {len(result['written'])} partitions written, {len(result['skipped'])} already complete")
     return result

@@ -14,7 +14,6 @@ a link to the emergence-curve figure and the report, and the top tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,10 @@ from . import _env  # noqa: F401  (Prefect settings before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tnb.params import Study
+
 from .bicluster import bicluster_flow
-from .extract import extract_flow
-
-STAGES = ("extract", "bicluster", "analyze")
-
-#: The study's parameters (the defaults of :func:`pipeline_flow`).
-STUDY = {
-    "models": ("minilm",),
-    "max_tokens": 20_000,
-    "seq_len": 128,
-    "sites": ("resid",),
-    "control": True,  # also run each model's untrained twin (<model>-untrained)
-}
+from .extract import DEFAULT_STUDY, extract_flow
 
 
 def _markdown_table(frame: Any, max_rows: int = 60) -> str:
@@ -146,96 +136,34 @@ def analyze_flow(
 
 
 @flow(name="tnb-pipeline", log_prints=True)
-def pipeline_flow(
-    lake: str = "lake",
-    models: Sequence[str] = STUDY["models"],
-    corpus: str | None = None,
-    hub_config: str | None = None,
-    max_tokens: int = STUDY["max_tokens"],
-    seq_len: int = STUDY["seq_len"],
-    sites: Sequence[str] = STUDY["sites"],
-    layers: list[int] | None = None,
-    batch_size: int = 16,
-    text_column: str = "text",
-    max_documents: int | None = None,
-    bicluster: dict[str, Any] | None = None,
-    null_chunk_size: int = 25,
-    dask_address: str | None = None,
-    n_workers: int | None = None,
-    serial: bool = False,
-    report_dir: str | None = "report",
-    stages: Sequence[str] = STAGES,
-    overwrite: bool = False,
-    progress: bool = True,
-    control: bool = STUDY["control"],
-    add_bos: bool = False,
-) -> dict[str, Any]:
+def pipeline_flow(study: Study = DEFAULT_STUDY) -> dict[str, Any]:
     """Run the study: extract every model's activations, bicluster every layer, write the report.
 
     Parameters
     ----------
-    lake : str
-        Lake root directory.
-    models : sequence of str
-        Presets (``minilm``, ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``),
-        model directories or hub ids; each is extracted in turn (torch uses every core).
-    corpus : str, optional
-        Local file/directory or hub dataset; default: the bundled Wikipedia sample.
-    hub_config : str, optional
-        The hub dataset's config (e.g. ``20231101.en``).
-    max_tokens, seq_len : int
-        Token positions in the stream, and the sequence length they are cut into.
-    sites : sequence of {"resid", "mlp"}
-    layers : list of int, optional
-        Layers to extract and bicluster (default: all).
-    batch_size : int
-        Sequences per forward pass.
-    text_column, max_documents
-        The corpus's text column, and at most how many documents to read.
-    bicluster : dict, optional
-        The bicluster stage's parameters (fields of :class:`tnb.bicluster_stage.BiclusterParams`:
-        grid, input, null, n_null, n_seeds, selection, seed, drop_first, ...); default: its defaults.
-    null_chunk_size : int
-        Null draws per Dask task.
-    dask_address, n_workers, serial
-        Where the bicluster tasks run (:func:`flows.bicluster.make_task_runner`).
-    report_dir : str, optional
-        Where the analyze stage writes the report; None skips the stage.
-    stages : sequence of {"extract", "bicluster", "analyze"}
-        Which stages to run (each reads what the earlier ones left in the lake).
-    overwrite : bool
-        Redo complete partitions.
-    control : bool
-        Also extract, bicluster and report every model's untrained twin, ``<model>-untrained``
-        (same config and tokenizer, weights initialised under ``torch.manual_seed(seed)``):
-        what the trained model has and its twin does not is what training made.
-    add_bos : bool
-        Put the tokenizer's BOS before every sequence where its ``__call__`` puts none
-        (GPT-2: ``<|endoftext|>``); BERT always gets ``[CLS] ... [SEP]``.
+    study : Study
+        The whole study (:class:`tnb.params.Study`): lake, corpus, models and extraction,
+        the bicluster stage's parameters, where its tasks run, the report directory, which
+        stages run and whether to overwrite. A deployment passes it as a nested mapping
+        (``prefect.yaml``), which Prefect validates into a :class:`Study`; missing fields
+        take their defaults. With ``extract.control`` every model's untrained twin,
+        ``<model>-untrained`` (weights drawn under ``torch.manual_seed(bicluster.seed)``),
+        is extracted, biclustered and reported beside it.
 
     Returns
     -------
     dict
         Per stage: its result and wall seconds (``seconds``).
     """
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ValueError(f"stages should be among {STAGES}. Got {unknown} instead.")
-    from tnb.bicluster_stage import BiclusterParams
-
-    params = BiclusterParams.from_mapping(bicluster or {})
+    params, extract, compute = study.bicluster, study.extract, study.compute
     outcome: dict[str, Any] = {"seconds": {}}
     model_names: list[str] = []
-    twins = (False, True) if control else (False,)
-    if "extract" in stages:
+    twins = (False, True) if extract.control else (False,)
+    if "extract" in study.stages:
         start = time.perf_counter()
         outcome["extract"] = [
-            extract_flow(
-                lake=lake, model=model, corpus=corpus, hub_config=hub_config, max_tokens=max_tokens, seq_len=seq_len, sites=tuple(sites),
-                layers=layers, batch_size=batch_size, overwrite=overwrite, text_column=text_column,
-                max_documents=max_documents, progress=progress, untrained=untrained, twin_seed=params.seed, add_bos=add_bos,
-            )
-            for model in models
+            extract_flow(study=study, model=model, untrained=untrained, twin_seed=params.seed)
+            for model in extract.models
             for untrained in twins
         ]
         model_names = [result["model"] for result in outcome["extract"]]
@@ -243,21 +171,22 @@ def pipeline_flow(
     else:
         from tnb.models import resolve_model, untrained_twin
 
-        specs = [resolve_model(model) for model in models]
+        specs = [resolve_model(model) for model in extract.models]
         model_names = [untrained_twin(spec, params.seed).name if untrained else spec.name for spec in specs for untrained in twins]
-    if "bicluster" in stages:
+    if "bicluster" in study.stages:
         start = time.perf_counter()
         outcome["bicluster"] = bicluster_flow(
-            lake=lake, models=model_names, sites=list(sites), layers=layers, bicluster=params.config(),
-            overwrite=overwrite, dask_address=dask_address, n_workers=n_workers, serial=serial,
-            null_chunk_size=null_chunk_size,
+            lake=study.lake, models=model_names, sites=list(extract.sites),
+            layers=list(extract.layers) if extract.layers is not None else None, bicluster=params.config(),
+            overwrite=study.overwrite, dask_address=compute.dask_address, n_workers=compute.n_workers,
+            serial=compute.serial, null_chunk_size=compute.null_chunk_size,
         )
         outcome["seconds"]["bicluster"] = time.perf_counter() - start
-    if "analyze" in stages and report_dir:
+    if "analyze" in study.stages and study.report_dir:
         start = time.perf_counter()
         outcome["analyze"] = analyze_flow(
-            lake=lake, report_dir=report_dir, site=sites[0] if len(sites) == 1 else None, method=params.method,
-            drop_first=params.drop_first,
+            lake=study.lake, report_dir=study.report_dir, site=extract.sites[0] if len(extract.sites) == 1 else None,
+            method=params.method, drop_first=params.drop_first,
         )
         outcome["seconds"]["analyze"] = time.perf_counter() - start
     return outcome

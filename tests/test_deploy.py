@@ -21,6 +21,7 @@ import yaml
 import flows  # noqa: F401
 
 from tnb.lake import Lake
+from tnb.params import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -36,21 +37,36 @@ def test_prefect_yaml_declares_the_deployments() -> None:
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
     assert set(deployments) == {"quickstart", "gpt2-family"}
-    assert deployments["quickstart"]["parameters"]["models"] == ["minilm"]
-    assert deployments["gpt2-family"]["parameters"]["models"] == ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
-    for deployment in deployments.values():
+    studies = {name: Study.from_mapping(d["parameters"]["study"]) for name, d in deployments.items()}
+    assert studies["quickstart"].extract.models == ("minilm",)
+    assert studies["gpt2-family"].extract.models == ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+    for name, deployment in deployments.items():
         # shared through anchors: the study's parameters, the entrypoint and a process work pool
         assert deployment["entrypoint"] == "flows.pipeline:pipeline_flow"
-        bicluster = deployment["parameters"]["bicluster"]
-        assert bicluster["row_ks"] == [6, 9, 12] and bicluster["n_null"] == 99 and bicluster["n_seeds"] == 5
+        assert set(deployment["parameters"]) == {"study"}  # the flow's one parameter
+        bicluster = studies[name].bicluster
+        assert bicluster.row_ks == (6, 9, 12) and bicluster.n_null == 99 and bicluster.n_seeds == 5
         assert deployment["work_pool"]["name"] == "tnb-local"
         assert deployment["work_pool"]["job_variables"]["env"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert not any(s.get("active", True) for d in deployments.values() for s in d.get("schedules", []))  # ship inactive
     from flows.pipeline import pipeline_flow
 
-    accepted = set(pipeline_flow.parameters.properties)
-    for deployment in deployments.values():
-        assert set(deployment["parameters"]) <= accepted, set(deployment["parameters"]) - accepted
+    assert set(pipeline_flow.parameters.properties) == {"study"}
+
+
+def test_prefect_validates_a_study_mapping_with_the_studys_own_rules() -> None:
+    """What a deployment passes (a nested mapping) becomes a Study, checked as the CLI's options are."""
+    from prefect.utilities.callables import parameters_to_args_kwargs  # noqa: F401  (prefect is importable)
+
+    from flows.pipeline import pipeline_flow
+    from tnb.params import StageError
+
+    validated = pipeline_flow.validate_parameters({"study": {"corpus": {"max_tokens": 300, "seq_len": 64}}})
+    assert validated["study"] == Study.from_mapping({"corpus": {"max_tokens": 300, "seq_len": 64}})
+    with pytest.raises(StageError, match="n_null should be an int >= 2. Got 1 instead."):
+        pipeline_flow.validate_parameters({"study": {"bicluster": {"n_null": 1}}})
+    with pytest.raises(Exception, match="n_permutations"):
+        pipeline_flow.validate_parameters({"study": {"bicluster": {"n_permutations": 1000}}})
 
 
 @pytest.mark.slow
@@ -91,12 +107,12 @@ def test_deploy_all_and_a_worker_completes_a_run(tiny_gpt2_dir: Path, tmp_path: 
         assert names == {"quickstart", "gpt2-family"}
 
         lake = tmp_path / "lake"
-        params = {
-            "lake": str(lake), "models": [str(tiny_gpt2_dir)], "max_tokens": 256, "seq_len": 64,
+        params = {"study": {
+            "lake": str(lake), "corpus": {"max_tokens": 256, "seq_len": 64},
+            "extract": {"models": [str(tiny_gpt2_dir)], "control": False},  # no untrained twin
             "bicluster": {"row_ks": [2, 3], "col_ks": [2], "n_null": 3, "n_seeds": 1, "n_shuffles": 0},
-            "serial": True,
-            "stages": ["extract", "bicluster"], "progress": False, "control": False,  # no untrained twin
-        }
+            "compute": {"serial": True}, "stages": ["extract", "bicluster"], "progress": False,
+        }}
         prefect("deployment", "run", "tnb-pipeline/quickstart", "--params", json.dumps(params))
         worker = subprocess.run(
             [PREFECT, "worker", "start", "--pool", "tnb-local", "--run-once", "--limit", "1"],

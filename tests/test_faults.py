@@ -74,3 +74,53 @@ def test_bad_run_input_prints_one_error_line_and_no_prefect_log(name: str, tiny_
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("tnb: error: "), done.stderr
     assert done.stdout == "", done.stdout  # nor "starting a temporary Prefect server"
+
+
+# ----------------------------------------------------------------------------- errors known only inside a flow
+def _run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "TNB_RUNTIME_DIR": str(cwd / ".tnb"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("PREFECT_API_URL", None)  # as a user's shell: one temporary server for the command
+    return subprocess.run([sys.executable, "-m", "tnb", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+PREFECT_LOG_LINE = r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| "  # "07:17:55.249 | INFO    | Flow run '...' - ..."
+
+
+def test_an_error_found_inside_the_flow_is_one_line_without_prefect_logs(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """A corpus shorter than one sequence is known only once it is tokenized, in the tokenize task."""
+    import re
+
+    (tmp_path / "short.jsonl").write_text(json.dumps({"text": "A short document of a few words."}) + "\n")
+    done = _run_cli(["run", "--lake", "lake", "--model", str(tiny_gpt2_dir), "--corpus", "short.jsonl",
+                     "--max-tokens", "256", "--seq-len", "64", "--serial", "--n-null", "3", "--n-seeds", "1",
+                     "--n-shuffles", "0", "--grid", "2"], tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert re.fullmatch(r"tnb: error: Corpus has \d+ tokens, fewer than one sequence of seq_len=64\.", lines[0])
+    assert not re.search(PREFECT_LOG_LINE, done.stdout, re.M), done.stdout
+    assert "starting a temporary Prefect server" in done.stdout  # the flow did start: the error came from inside
+
+
+@pytest.mark.slow
+def test_a_grid_too_big_for_the_tokenized_corpus_fails_in_one_line(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """--max-tokens allows the grid, the corpus does not: known in the bicluster stage, after extraction."""
+    import re
+
+    text = "The river flows past the old mill, and the lake lies still under the hills. " * 2
+    (tmp_path / "small.jsonl").write_text("\n".join(json.dumps({"text": text}) for _ in range(2)) + "\n")
+    done = _run_cli(["run", "--lake", "lake", "--model", str(tiny_gpt2_dir), "--corpus", "small.jsonl",
+                     "--max-tokens", "256", "--seq-len", "64", "--serial", "--n-null", "3", "--n-seeds", "1",
+                     "--n-shuffles", "0", "--row-ks", "150", "--col-ks", "2", "--no-control", "--no-progress"], tmp_path)
+    # transformers' own "Loading weights" bar (it ends with a bare newline) is not tnb's to silence
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip() and "Loading weights" not in line]
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(r"tnb: warning: Corpus has only \d+ tokens, fewer than max_tokens=256; the stream is "
+                        r"shorter\.", lines[0]), done.stderr  # a warning is one line too
+    assert len(lines) == 2 and re.fullmatch(r"tnb: error: tiny-gpt2 resid layer \d has \d+ tokens x 32 neurons .*"
+                                            r"the grid needs more than 150 tokens and 2 neurons", lines[1]), done.stderr
+    assert not re.search(PREFECT_LOG_LINE, done.stdout, re.M), done.stdout
+    assert "partitions written" in done.stdout  # the flows' own progress lines still reach the terminal

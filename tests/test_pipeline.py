@@ -29,10 +29,11 @@ from tests.conftest import lake_snapshot
 from tnb.bicluster_stage import BiclusterParams, bicluster_partition, drop_first_mask, output_keys
 from tnb.errors import LakeError
 from tnb.lake import Lake, partition_key
+from tnb.params import ComputeParams, CorpusParams, ExtractParams, Study
 
 GRID = (2, 3)
 BICLUSTER = {"row_ks": GRID, "col_ks": GRID, "n_null": 4, "n_seeds": 2, "n_shuffles": 20, "seed": 0}
-PARAMS = {"bicluster": BICLUSTER, "null_chunk_size": 3}
+PARAMS = {"bicluster": BICLUSTER, "null_chunk_size": 3}  # bicluster_flow's keyword arguments
 N_TOKENS, SEQ_LEN = 512, 64
 METRIC_KEYS = ["model", "site", "layer", "method", "drop_first", "row_k", "col_k"]
 LABEL_KEYS = [*METRIC_KEYS, "axis", "index"]
@@ -63,10 +64,12 @@ def pipeline_run(prefect_server: str, tiny_gpt2_dir: Path, tmp_path_factory: pyt
     from flows.pipeline import pipeline_flow
 
     base = tmp_path_factory.mktemp("pipeline")
-    outcome = pipeline_flow(
-        lake=str(base / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=N_TOKENS, seq_len=SEQ_LEN,
-        serial=True, report_dir=str(base / "report"), progress=False, control=False, **PARAMS,
+    study = Study(
+        lake=str(base / "lake"), corpus=CorpusParams(max_tokens=N_TOKENS, seq_len=SEQ_LEN),
+        extract=ExtractParams(models=(str(tiny_gpt2_dir),), control=False), bicluster=BiclusterParams(**BICLUSTER),
+        compute=ComputeParams(serial=True, null_chunk_size=3), report_dir=str(base / "report"), progress=False,
     )
+    outcome = pipeline_flow(study=study)
     return {"lake": Lake(base / "lake"), "report": base / "report", "outcome": outcome}
 
 
@@ -147,11 +150,12 @@ def test_control_twin_runs_by_default(prefect_server: str, tiny_gpt2_dir: Path, 
     """
     from flows.pipeline import pipeline_flow
 
-    outcome = pipeline_flow(
-        lake=str(tmp_path / "lake"), models=[str(tiny_gpt2_dir)], max_tokens=128, seq_len=64, layers=[2],
-        serial=True, stages=["extract", "bicluster"], progress=False,
-        **{**PARAMS, "bicluster": {**BICLUSTER, "n_null": 2, "n_seeds": 1, "seed": 1}},
-    )
+    outcome = pipeline_flow(study={  # a nested mapping, as a deployment passes it; Prefect makes it a Study
+        "lake": str(tmp_path / "lake"), "corpus": {"max_tokens": 128, "seq_len": 64},
+        "extract": {"models": [str(tiny_gpt2_dir)], "layers": [2]},
+        "bicluster": {**BICLUSTER, "n_null": 2, "n_seeds": 1, "seed": 1},
+        "compute": {"serial": True, "null_chunk_size": 3}, "stages": ["extract", "bicluster"], "progress": False,
+    })
     assert [result["model"] for result in outcome["extract"]] == ["tiny-gpt2", "tiny-gpt2-untrained"]
     lake = Lake(tmp_path / "lake")
     models = lake.scan("models").collect().sort("model")
@@ -341,24 +345,25 @@ def test_missing_activations_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_parses_run_and_bicluster() -> None:
-    from tnb.cli import build_parser
+    from tnb.cli import build_parser, study_from_args
 
     parser = build_parser()
     args = parser.parse_args(["run", "--lake", "x", "--model", "gpt2", "--model", "gpt2-xl", "--grid", "6", "9",
                               "--n-null", "19", "--dask-address", "tcp://h:8786", "--drop-first", "1"])
-    assert args.model == ["gpt2", "gpt2-xl"] and args.grid == [6, 9] and args.dask_address == "tcp://h:8786"
-    from flows.cli import _bicluster_kwargs
-
-    params = _bicluster_kwargs(args)["bicluster"]
-    assert params["row_ks"] == (6, 9) and params["col_ks"] == (6, 9) and params["drop_first"] == 1
-    assert params["n_null"] == 19
-    args = parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"])
-    assert _bicluster_kwargs(args)["bicluster"]["col_ks"] == (4,) and args.serial
+    study = study_from_args(args)
+    assert study.lake == "x" and study.extract.models == ("gpt2", "gpt2-xl")
+    assert study.compute.dask_address == "tcp://h:8786"
+    params = study.bicluster
+    assert params.row_ks == (6, 9) and params.col_ks == (6, 9) and params.drop_first == 1 and params.n_null == 19
+    study = study_from_args(parser.parse_args(["bicluster", "--serial", "--row-ks", "2", "3", "--col-ks", "4"]))
+    assert study.bicluster.row_ks == (2, 3) and study.bicluster.col_ks == (4,) and study.compute.serial
     args = parser.parse_args(["bicluster", "--null", "column_refit", "--input", "signed", "--null-chunk", "5"])
-    kwargs = _bicluster_kwargs(args)
-    assert kwargs["bicluster"]["null"] == "column_refit" and kwargs["bicluster"]["input"] == "signed"
-    assert kwargs["null_chunk_size"] == 5
-    assert BiclusterParams.from_mapping(kwargs["bicluster"]).n_null == 99  # the default
+    study = study_from_args(args)
+    assert study.bicluster.null == "column_refit" and study.bicluster.input == "signed"
+    assert study.compute.null_chunk_size == 5
+    assert study.bicluster.n_null == 99  # the default
+    # nothing given: the study's defaults, which live in tnb.params alone
+    assert study_from_args(parser.parse_args(["run"])) == Study()
 
 
 def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -366,6 +371,8 @@ def test_cli_errors_are_one_line(prefect_server: str, tmp_path: Path, capsys: py
 
     assert main(["run", "--lake", str(tmp_path / "lake"), "--grid", "1", "2"]) == 2
     assert capsys.readouterr().err.strip() == "tnb: error: every k should be >= 2. Got row_ks=(1, 2), col_ks=(1, 2) instead."
+    assert not (tmp_path / "lake").exists()  # bad parameters are refused before anything is written
+    Lake(tmp_path / "lake")  # an empty lake
     assert main(["bicluster", "--lake", str(tmp_path / "lake"), "--serial"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run extract first" in err[0]

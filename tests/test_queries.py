@@ -167,7 +167,7 @@ def test_tables_are_lazy_frames(lake) -> None:
 
 
 def test_cli_query_table_csv_parquet(lake, tmp_path: Path, capsys) -> None:
-    from tnb.analysis_cli import main
+    from tnb.cli import main
 
     assert main(["query", "--lake", str(lake.root), "top_tokens", "-p", "model=small", "-p", "layer=1", "--format", "csv"]) == 0
     csv = capsys.readouterr().out

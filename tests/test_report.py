@@ -123,7 +123,7 @@ def test_every_figure_says_what_it_is_compared_against(report) -> None:
 
 
 def test_report_on_an_empty_lake_says_what_to_run(tmp_path: Path) -> None:
-    from tnb.analysis_cli import main
+    from tnb.cli import main
     from tnb.lake import Lake
 
     Lake(tmp_path / "empty")
@@ -162,7 +162,7 @@ def test_report_opens_in_headless_chromium(report, tmp_path: Path) -> None:
 
 
 def test_cli_report_writes_index_html(lake, tmp_path: Path, capsys) -> None:
-    from tnb.analysis_cli import main
+    from tnb.cli import main
 
     out = tmp_path / "cli"
     assert main(["report", "--lake", str(lake.root), "--out", str(out), "--drop-first", "1"]) == 0

@@ -506,7 +506,7 @@ from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Pre
 def test_dask_address_nobody_answers_is_one_error_at_once() -> None:
     import time
 
-    from flows.cli import check_dask_address
+    from tnb.cli import check_dask_address
     from tnb.errors import TnbError
 
     start = time.monotonic()
@@ -561,7 +561,9 @@ def test_a_huge_document_is_tokenized_only_as_far_as_needed() -> None:
 
 
 def test_tokenize_retries_only_transient_io() -> None:
-    from flows.bicluster import _retry_on_os_error
+    import errno
+
+    from flows.bicluster import retry_transient_io
     from flows.extract import tokenize_task
     from tnb.errors import CorpusError
 
@@ -572,6 +574,10 @@ def test_tokenize_retries_only_transient_io() -> None:
         def result(self, raise_on_failure: bool = True) -> BaseException:
             return self.error
 
-    assert tokenize_task.retry_condition_fn is _retry_on_os_error
-    assert _retry_on_os_error(None, None, _Failed(OSError("flaky mount"))) is True
-    assert _retry_on_os_error(None, None, _Failed(CorpusError("empty corpus"))) is False
+    assert tokenize_task.retry_condition_fn is retry_transient_io
+    assert retry_transient_io(None, None, _Failed(OSError(errno.EIO, "flaky mount"))) is True
+    assert retry_transient_io(None, None, _Failed(TimeoutError("read timed out"))) is True
+    # deterministic: bad input, a missing file, a full or read-only disk; a retry cannot fix them
+    for error in (CorpusError("empty corpus"), FileNotFoundError(errno.ENOENT, "no such file"),
+                  OSError(errno.ENOSPC, "no space left"), PermissionError(errno.EACCES, "denied"), ValueError("x")):
+        assert retry_transient_io(None, None, _Failed(error)) is False, error

@@ -38,7 +38,7 @@ def test_bicluster_choices_still_come_from_the_stage(capsys) -> None:
 
 
 def test_query_imports_only_what_it_reads_with() -> None:
-    modules = _imported_after("import tnb.analysis_cli, tnb.query")
+    modules = _imported_after("import tnb.cli, tnb.query")
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
 
 

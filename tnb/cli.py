@@ -1,64 +1,240 @@
-"""The ``tnb`` command line. Errors a user can act on print as one line (exit status 2)."""
+"""The ``tnb`` command line (``tnb ...`` and ``python -m tnb ...``), every subcommand in one place.
+
+The study's options are generated from its parameters (:mod:`tnb.params`): option
+``--max-tokens`` is field ``CorpusParams.max_tokens``, with that field's default and help
+text (:func:`add_params`), and the parsed options become one :class:`tnb.params.Study`
+(:func:`study_from_args`), validated once, which the flows take whole.
+
+Errors a user can act on print as one line, ``tnb: error: ...`` (exit status 2), also when
+they are raised inside a Prefect flow (:func:`main`). Only the standard library and the
+light parts of ``tnb`` are imported here: ``tnb --help`` starts fast, and each command
+imports what it runs. The Prefect side (which server a command reports to, ``tnb server``)
+is ``flows/cli.py``, imported only by the commands that start a flow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from tnb import __version__
 from tnb.errors import TnbError
 from tnb.models import PRESETS, SITES
+from tnb.params import BiclusterParams, ComputeParams, CorpusParams, ExtractParams, Study
+from tnb.query_params import PARAMS
 
-DEFAULT_LAKE = "lake"
+__all__ = [
+    "add_params",
+    "build_parser",
+    "check_dask_address",
+    "flows_module",
+    "flows_package",
+    "main",
+    "params_from_args",
+    "study_from_args",
+]
+
+DEFAULT_LAKE = Study.lake
+DEFAULT_MODEL = ExtractParams.models[0]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be >= 1, got {value}")
-    return value
+# ----------------------------------------------------------------------------- options from the parameters
+def option_name(field: dataclasses.Field) -> str:
+    """The option of a parameter: ``--max-tokens`` for ``max_tokens`` unless it names its own (``--corpus``)."""
+    if field.metadata.get("option"):
+        return str(field.metadata["option"])
+    default_on = field.type == "bool" and field.default is True
+    return f"--{'no-' if default_on else ''}{field.name.replace('_', '-')}"
 
 
-def add_corpus_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that builds a token stream."""
-    parser.add_argument("--lake", default=DEFAULT_LAKE, help="lake root directory (default: %(default)s)")
-    parser.add_argument(
-        "--corpus",
-        default=None,
-        help="local .parquet/.jsonl/.txt file or directory, or a hub dataset id; default: the bundled Wikipedia sample",
+def _shown(field: dataclasses.Field) -> str:
+    if "shown" in field.metadata:
+        return str(field.metadata["shown"])
+    value = field.default
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value)
+    return "none" if value is None else str(value)
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a parameters class that are command-line options (those with a help text)."""
+    return [field for field in dataclasses.fields(cls) if field.metadata.get("help")]
+
+
+def add_params(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    section: str = "",
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+) -> None:
+    """Add one option per field of ``cls`` (a :mod:`tnb.params` dataclass): its name, type, choices, help, default.
+
+    Every option's argparse default is ``None`` (not given), so that the dataclass's own
+    default applies when the parameters are built (:func:`params_from_args`): defaults
+    live in one place. ``section`` prefixes the option's ``dest`` (``corpus.max_tokens``).
+    """
+    wanted = None if only is None else set(only)
+    for field in cli_fields(cls):
+        if (wanted is not None and field.name not in wanted) or field.name in set(exclude):
+            continue
+        kind = str(field.type)
+        names = [option_name(field), *field.metadata.get("aliases", ())]
+        text = str(field.metadata["help"]).replace("%", "%%")
+        options: dict[str, Any] = {"dest": f"{section}.{field.name}" if section else field.name, "default": None}
+        if kind == "bool":
+            if field.default is True:
+                options.update(action="store_const", const=False, help=f"turn off: {text}")
+            else:
+                options.update(action="store_const", const=True, help=text)
+        else:
+            scalar = int if "int" in kind else float if "float" in kind else str
+            options.update(type=scalar, help=f"{text} (default: {_shown(field).replace('%', '%%')})")
+            metavar = names[0].lstrip("-").replace("-", "_").upper()
+            if kind.startswith("tuple["):
+                options.update(nargs="+", action="extend")
+                metavar = metavar.removesuffix("S")
+            if "choices" in field.metadata:
+                options["choices"] = field.metadata["choices"]
+            else:
+                options["metavar"] = metavar
+        parser.add_argument(*names, **options)
+
+
+def params_from_args(args: argparse.Namespace, cls: type, section: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (lists as tuples); the rest keep their defaults."""
+    values = {}
+    for field in cli_fields(cls):
+        value = getattr(args, f"{section}.{field.name}" if section else field.name, None)
+        if value is not None:
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def study_from_args(args: argparse.Namespace) -> Study:
+    """The :class:`~tnb.params.Study` the options describe, validated (a bad value raises its one-line error)."""
+    bicluster = params_from_args(args, BiclusterParams, "bicluster")
+    grid = getattr(args, "grid", None)
+    if grid:  # --grid K...: row and column ks at once; --row-ks / --col-ks win
+        bicluster.setdefault("row_ks", tuple(grid))
+        bicluster.setdefault("col_ks", tuple(grid))
+    return Study(
+        corpus=CorpusParams(**params_from_args(args, CorpusParams, "corpus")),
+        extract=ExtractParams(**params_from_args(args, ExtractParams, "extract")),
+        bicluster=BiclusterParams(**bicluster),
+        compute=ComputeParams(**params_from_args(args, ComputeParams, "compute")),
+        **params_from_args(args, Study),
     )
-    parser.add_argument("--corpus-config", default=None, help="hub dataset config, e.g. 20231101.en")
-    parser.add_argument("--text-column", default="text", help="column holding the text (default: %(default)s)")
-    parser.add_argument("--max-documents", type=_positive_int, default=None, help="read at most N documents")
-    parser.add_argument("--max-tokens", type=_positive_int, default=20_000, help="token positions (default: %(default)s)")
-    parser.add_argument("--seq-len", type=_positive_int, default=128, help="sequence length (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="redo partitions that are already complete")
 
 
-def _preflight(args: argparse.Namespace) -> None:
-    """Check what can be checked before a flow starts, so bad input never reaches Prefect."""
+def _add_bicluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("biclustering (the bicluster stage's parameters)")
+    group.add_argument("--grid", type=int, nargs="+", default=None, metavar="K",
+                       help="row and column ks at once (default: 6 9 12)")
+    add_params(group, BiclusterParams, "bicluster")
+    add_params(parser.add_argument_group("where the bicluster tasks run"), ComputeParams, "compute")
+
+
+# ----------------------------------------------------------------------------- checks before any flow starts
+def check_dask_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing answers at a Dask scheduler address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if parts.scheme not in ("tcp", "tls") or not host or not port:
+        raise TnbError(f"--dask-address should look like tcp://HOST:PORT. Got {address!r} instead.")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise TnbError(
+            f"no Dask scheduler answers at {address} ({error.strerror or error}); start one "
+            "(dask scheduler) or leave out --dask-address for a local cluster"
+        ) from None
+
+
+def _preflight(study: Study, model: str, sites: Sequence[str] | None = None, layers: Sequence[int] | None = None,
+               add_bos: bool = False) -> None:
+    """Check what can be checked before a flow starts (model, positions, layers, weights, a local corpus,
+    a ``models`` row on another stream), so bad input never reaches Prefect and leaves the lake as it was."""
     from tnb.extract import preflight
     from tnb.lake import Lake
     from tnb.models import resolve_model
 
-    if args.seq_len > args.max_tokens:
-        raise TnbError(f"--seq-len should be <= --max-tokens={args.max_tokens}. Got {args.seq_len} instead.")
-    if args.corpus_config and not args.corpus:
-        raise TnbError("--corpus-config needs --corpus (a hub dataset id such as wikimedia/wikipedia)")
-    # model, positions, layers, weights, a local corpus, a models row on another stream: before any write
+    corpus = study.corpus
     preflight(
-        Lake(args.lake), resolve_model(args.model), args.corpus, args.corpus_config, args.max_tokens, args.seq_len,
-        getattr(args, "site", None) or getattr(args, "sites", None), getattr(args, "layers", None), args.overwrite,
-        args.text_column, args.max_documents, getattr(args, "bos", False),
+        Lake(study.lake), resolve_model(model), corpus.source, corpus.config, corpus.max_tokens, corpus.seq_len,
+        sites, list(layers) if layers is not None else None, study.overwrite, corpus.text_column,
+        corpus.max_documents, add_bos,
     )
 
 
+def _check_stage_inputs(study: Study) -> None:
+    """What a stage of ``tnb run`` would find wrong inside the flow, found before any server starts.
+
+    The grid against each model's width (the extract stage makes the activations), else
+    against the activations in the lake; the metrics and the report directory when only
+    the analyze stage runs. Bad input thus prints one line and no Prefect log.
+    """
+    from tnb.bicluster_stage import check_grid_fits, layer_partitions
+    from tnb.errors import LakeError
+    from tnb.lake import Lake
+    from tnb.models import architecture, load_config, resolve_model, untrained_twin
+    from tnb.params import StageError
+
+    params, extract, stages = study.bicluster, study.extract, set(study.stages)
+    specs = [resolve_model(model) for model in extract.models]
+    layers = list(extract.layers) if extract.layers is not None else None
+    if "bicluster" in stages and "extract" in stages:
+        for spec in specs:
+            arch = architecture(load_config(spec))
+            for site in extract.sites:
+                width = arch.width(site)
+                if width <= max(params.col_ks):
+                    raise StageError(f"{spec.name} {site} has {width} neurons; the grid needs more than "
+                                     f"{max(params.col_ks)} (col_ks={params.col_ks})")
+        max_tokens, seq_len = study.corpus.max_tokens, study.corpus.seq_len
+        n_sequences = -(-max_tokens // seq_len)
+        if max_tokens - params.drop_first * n_sequences <= max(params.row_ks):
+            raise StageError(f"--max-tokens {max_tokens} leaves too few tokens for the grid: it needs more than "
+                             f"{max(params.row_ks)} after drop_first={params.drop_first} (row_ks={params.row_ks})")
+    elif "bicluster" in stages:
+        if not Path(study.lake).expanduser().is_dir():
+            raise LakeError(f"no lake at {Path(study.lake).absolute()}; check --lake, or run the extract stage too")
+        lake = Lake(study.lake, read_only=True)
+        twins = (False, True) if extract.control else (False,)
+        names = [untrained_twin(spec, params.seed).name if twin else spec.name for spec in specs for twin in twins]
+        for partition in layer_partitions(lake, names, list(extract.sites), layers):
+            check_grid_fits(lake, *partition, params)
+    if "analyze" in stages and "bicluster" not in stages and study.report_dir:
+        from tnb.report import check_report_inputs
+
+        site = extract.sites[0] if len(extract.sites) == 1 else None
+        check_report_inputs(study.lake, study.report_dir, site=site, method=params.method,
+                            drop_first=params.drop_first)
+
+
+def _check_compute(study: Study) -> None:
+    study.bicluster.null_chunks(study.compute.null_chunk_size)
+    if study.compute.dask_address:
+        check_dask_address(study.compute.dask_address)
+
+
+# ----------------------------------------------------------------------------- the Prefect flows (lazy)
 def flows_package() -> str:
     """The import name of the Prefect flows: ``tnb.flows`` when installed, ``flows`` in a checkout.
 
@@ -81,47 +257,30 @@ def flows_module(name: str) -> ModuleType:
     return importlib.import_module(f"{flows_package()}.{name}")
 
 
-def _stream_options(args: argparse.Namespace) -> dict:
-    """The options every command that builds a token stream passes on to its flow."""
-    return {
-        "lake": args.lake,
-        "model": args.model,
-        "corpus": args.corpus,
-        "hub_config": args.corpus_config,
-        "max_tokens": args.max_tokens,
-        "seq_len": args.seq_len,
-        "text_column": args.text_column,
-        "max_documents": args.max_documents,
-        "overwrite": args.overwrite,
-    }
+@contextlib.contextmanager
+def _prefect() -> Iterator[None]:
+    """Where a command's flows run: its Prefect server, with a terminal that shows tnb's lines, not Prefect's."""
+    prefect_cli = flows_module("cli")
+    with prefect_cli.cli_console(), prefect_cli.prefect_api():
+        yield
 
 
+# ----------------------------------------------------------------------------- commands
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    _preflight(args)
-    prefect_api = flows_module("cli").prefect_api
-    tokenize_flow = flows_module("extract").tokenize_flow
-
-    with prefect_api():  # the server the user runs (UI), else one temporary server
-        stream = tokenize_flow(**_stream_options(args))
-    print(f"tokens: {os.path.join(args.lake, 'tokens', 'stream=' + stream)}")
+    study = study_from_args(args)
+    _preflight(study, args.model)
+    with _prefect():  # the server the user runs (UI), else one temporary server
+        stream = flows_module("extract").tokenize_flow(study=study, model=args.model)
+    print(f"tokens: {os.path.join(study.lake, 'tokens', 'stream=' + stream)}")
     return 0
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    _preflight(args)
-    prefect_api = flows_module("cli").prefect_api
-    extract_flow = flows_module("extract").extract_flow
-
-    with prefect_api():  # the server the user runs (UI), else one temporary server
-        result = extract_flow(
-            **_stream_options(args),
-            sites=tuple(args.site),
-            layers=args.layers,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            untrained=args.untrained,
-            twin_seed=args.twin_seed,
-            add_bos=args.bos,
+    study = study_from_args(args)
+    _preflight(study, args.model, study.extract.sites, study.extract.layers, study.extract.add_bos)
+    with _prefect():
+        result = flows_module("extract").extract_flow(
+            study=study, model=args.model, untrained=args.untrained, twin_seed=args.twin_seed
         )
     print(
         f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "
@@ -130,6 +289,92 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    study = study_from_args(args)
+    for model in study.extract.models:
+        _preflight(study, model, study.extract.sites, study.extract.layers, study.extract.add_bos)
+    _check_compute(study)
+    _check_stage_inputs(study)
+    start = time.perf_counter()
+    with _prefect():
+        outcome = flows_module("pipeline").pipeline_flow(study=study)
+    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
+    print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(study.lake).absolute()}")
+    if "analyze" in outcome:
+        print(f"report: {outcome['analyze']['html']}")
+    return 0
+
+
+def _cmd_bicluster(args: argparse.Namespace) -> int:
+    from tnb.bicluster_stage import check_grid_fits, is_done, layer_partitions
+    from tnb.errors import LakeError
+    from tnb.lake import Lake
+
+    study = study_from_args(args)
+    if not Path(study.lake).expanduser().is_dir():
+        raise LakeError(f"no lake at {Path(study.lake).absolute()}; check --lake (`tnb extract` makes one)")
+    lake = Lake(study.lake)
+    _check_compute(study)
+    # bad input fails here, as one line, before any server or cluster starts
+    for partition in layer_partitions(lake, args.models, args.sites, args.layers):
+        check_grid_fits(lake, *partition, study.bicluster)
+        if not study.overwrite:
+            is_done(lake, *partition, study.bicluster)
+    compute = study.compute
+    with _prefect():
+        outcomes = flows_module("bicluster").bicluster_flow(
+            lake=study.lake, models=args.models, sites=args.sites, layers=args.layers,
+            bicluster=study.bicluster.config(), overwrite=study.overwrite, dask_address=compute.dask_address,
+            n_workers=compute.n_workers, serial=compute.serial, null_chunk_size=compute.null_chunk_size,
+        )
+    written = sum(o["status"] == "written" for o in outcomes)
+    stale = sum(o.get("reason") == "stale" for o in outcomes)
+    redone = f" ({stale} of them stale: their activations changed)" if stale else ""
+    print(f"tnb bicluster: {written} partitions written{redone}, {len(outcomes) - written} already complete")
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    return int(flows_module("cli").serve(args.host, args.port))
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from tnb.query import parse_param, run_query, write_result  # lazy: polars and pyarrow, not for --help
+
+    params = dict(parse_param(text) for text in args.param or [])
+    frame = run_query(args.lake, args.query, params, lake_only=args.lake_only)
+    text = write_result(frame, args.format, args.out)
+    if text is not None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        print(f"{frame.height} rows -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tnb.report import ReportError, write_report
+
+    earlier = (args.out / "index.html").is_file() or (args.out / "report.md").is_file()
+    try:
+        result = write_report(
+            args.lake, args.out, site=args.report_site, method=args.method, drop_first=args.drop_first,
+            top_n=args.top_n,
+        )
+    except OSError as error:  # a figure on a full or read-only disk
+        raise ReportError(f"cannot write the report to {args.out}: {error.strerror or error}") from None
+    if earlier:
+        print(f"report: replaced the earlier report in {args.out}")
+    print(f"report: {result.html}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from tnb.verify import _cmd_verify as run  # lazy: numpy, pyarrow and polars are not for --help
+
+    return run(args)
+
+
+# ----------------------------------------------------------------------------- the parser
 class _Parser(argparse.ArgumentParser):
     """Usage errors print as one line, like every other error (``--help`` shows the usage)."""
 
@@ -137,51 +382,125 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tnb: error: {self.prog.removeprefix('tnb ').strip()}: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
-    parser.add_argument("--version", action="version", version=f"tnb {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    ingest = commands.add_parser("ingest", help="corpus -> token stream in the lake")
-    add_corpus_args(ingest)
-    ingest.add_argument("--model", default="minilm", help=f"whose tokenizer to use: {', '.join(PRESETS)} or a path")
-    ingest.set_defaults(func=_cmd_ingest)
-
-    extract = commands.add_parser("extract", help="token stream -> per-layer activations in the lake")
-    add_corpus_args(extract)
-    extract.add_argument("--model", default="minilm", help=f"{', '.join(PRESETS)}, a model directory or a hub id")
-    extract.add_argument(
-        "--site", "--sites", dest="site", nargs="+", action="extend", choices=SITES,
-        help="resid (default) and/or mlp: --site resid --site mlp, or --sites resid mlp",
-    )
-    extract.add_argument("--layers", type=int, nargs="+", default=None, help="layer numbers (default: all)")
-    extract.add_argument("--batch-size", type=_positive_int, default=16, help="sequences per forward pass")
-    extract.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
-    extract.add_argument("--untrained", action="store_true",
-                         help="extract the model's untrained twin instead, stored as <model>-untrained")
-    extract.add_argument("--twin-seed", type=int, default=0, help="torch seed of the twin's weights (default: %(default)s)")
-    extract.add_argument("--bos", action="store_true",
-                         help="put the tokenizer's BOS before every sequence where it puts none (GPT-2: <|endoftext|>)")
-    extract.set_defaults(func=_cmd_extract)
-
-    for module_name in (f"{flows_package()}.cli", "tnb.analysis_cli", "tnb.verify_cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name not in (module_name, module_name.rpartition(".")[0]):  # the package itself is absent
-                raise
-            continue
-        module.register(commands)
+def _command(
+    commands: argparse._SubParsersAction, name: str, func: Any, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` in ``tnb --help``, ``summary`` and ``description`` in its own ``--help``."""
+    parser = commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}")
+    parser.set_defaults(func=func)
     return parser
 
 
+def _add_lake(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", type=Path, default=Path(DEFAULT_LAKE), help="lake root directory (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
+    parser.add_argument("--version", action="version", version=f"tnb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    models = f"{', '.join(PRESETS)}, a model directory or a hub id"
+
+    run = _command(commands, "run", _cmd_run, "the whole study: extract -> bicluster -> report, orchestrated by Prefect",
+                   "Every stage skips what the lake already holds, so a re-run after a crash does only what is "
+                   "missing; a partition whose inputs changed is redone.")
+    add_params(run, Study, only=("lake", "report_dir", "stages", "overwrite", "progress"))
+    add_params(run.add_argument_group("corpus"), CorpusParams, "corpus")
+    add_params(run.add_argument_group("models and extraction"), ExtractParams, "extract")
+    _add_bicluster_options(run)
+
+    ingest = _command(commands, "ingest", _cmd_ingest, "corpus -> token stream in the lake",
+                      "Reads the corpus and writes its token stream for one tokenizer, once.")
+    add_params(ingest, Study, only=("lake", "overwrite"))
+    ingest.add_argument("--model", default=DEFAULT_MODEL, help=f"whose tokenizer: {models} (default: %(default)s)")
+    add_params(ingest.add_argument_group("corpus"), CorpusParams, "corpus")
+
+    extract = _command(commands, "extract", _cmd_extract, "token stream -> per-layer activations in the lake",
+                       "Tokenizes the corpus (once per tokenizer) and writes one activations partition per "
+                       "(site, layer) of one model; complete partitions are skipped.")
+    add_params(extract, Study, only=("lake", "overwrite", "progress"))
+    extract.add_argument("--model", default=DEFAULT_MODEL, help=f"{models} (default: %(default)s)")
+    add_params(extract.add_argument_group("corpus"), CorpusParams, "corpus")
+    group = extract.add_argument_group("extraction")
+    add_params(group, ExtractParams, "extract", exclude=("models", "control"))
+    group.add_argument("--untrained", action="store_true",
+                       help="extract the model's untrained twin instead, stored as <model>-untrained")
+    group.add_argument("--twin-seed", type=int, default=0, help="torch seed of the twin's weights (default: %(default)s)")
+
+    bicluster = _command(commands, "bicluster", _cmd_bicluster, "bicluster the activations already in the lake",
+                         "One task per (model, site, layer), run on a local Dask cluster (or --serial, or "
+                         "--dask-address); each writes its labels and metrics, with its null.")
+    add_params(bicluster, Study, only=("lake", "overwrite"))
+    bicluster.add_argument("--model", "--models", dest="models", nargs="+", action="extend", default=None,
+                           help="model name(s) in the lake (default: all)")
+    bicluster.add_argument("--sites", "--site", nargs="+", action="extend", choices=SITES, default=None,
+                           help="(default: all in the lake)")
+    bicluster.add_argument("--layers", type=int, nargs="+", action="extend", default=None,
+                           help="(default: all in the lake)")
+    _add_bicluster_options(bicluster)
+
+    query = _command(
+        commands, "query", _cmd_query, "run a query from sql/ (or a .sql file, or an inline SELECT) against a lake",
+        "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of --param values) and "
+        "activation_cells (one layer, long form; needs model, site, layer). Polars SQL can also read any file or "
+        "URL the user can (read_csv('/path')); --lake-only refuses that. "
+        f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter.",
+    )
+    _add_lake(query)
+    query.add_argument("query", help="a name in sql/ (top_tokens), a .sql file, or a quoted SELECT statement")
+    query.add_argument("--format", choices=("table", "csv", "parquet"), default="table",
+                       help="output format (default: %(default)s)")
+    query.add_argument("--out", type=Path, default=None, help="write to this file instead of stdout (default: stdout)")
+    query.add_argument("--lake-only", action="store_true",
+                       help="refuse SQL that reads files or URLs (read_csv(...) and kin): for statements from an "
+                            "untrusted source")
+    query.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
+                       help="bind a parameter (repeatable): model=gpt2 (default: none)")
+
+    report = _command(commands, "report", _cmd_report, "write the HTML and Markdown report of a lake",
+                      "Verdicts per layer first (significant? stable? beyond the untrained twin?), then the figures, "
+                      "each against its null, the clusters' top tokens and the circuit families.")
+    _add_lake(report)
+    report.add_argument("--out", type=Path, default=Path("report"),
+                        help="output directory: index.html, report.md, figures (default: %(default)s)")
+    report.add_argument("--site", dest="report_site", choices=SITES, default=None,
+                        help="only this site (default: all)")
+    report.add_argument("--method", default=None, help="only this method (default: all)")
+    report.add_argument("--drop-first", type=int, default=0,
+                        help="the drop_first partition to describe (default: %(default)s)")
+    report.add_argument("--top-n", type=int, default=8, help="top tokens shown per cluster (default: %(default)s)")
+
+    verify = _command(commands, "verify", _cmd_verify, "hash every lake partition; report (and --repair) what is broken",
+                      "Checks every partition against its manifest (sha256, rows) and the inputs it was computed "
+                      "from; exit status 2 when something is corrupt, incomplete or stale.")
+    _add_lake(verify)
+    verify.add_argument("--repair", action="store_true",
+                        help="recompute corrupt and stale partitions (remove what cannot be recomputed)")
+
+    server = _command(commands, "server", _cmd_server, "start a Prefect server with its UI on 127.0.0.1 (analytics off)",
+                      "`tnb run` and the other commands in another shell report to it and show in its UI.")
+    server.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    server.add_argument("--port", type=int, default=4200, help="(default: %(default)s)")
+    return parser
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the command line: ``tnb: warning: ...``, one line, no source line."""
+    # not print(): inside a flow with log_prints, Prefect turns print() into an INFO log record
+    (file or sys.stderr).write(f"tnb: warning: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``tnb`` command; its exit status (2: an error a user can act on, printed as one line)."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "site", "unset") is None:
-        args.site = ["resid"]
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except TnbError as error:
         print(f"tnb: error: {error}", file=sys.stderr)
         return 2

@@ -320,9 +320,3 @@ class Study:
         values["bicluster"] = {key: value for key, value in self.bicluster.config().items() if key != "code_version"}
         values["stages"] = list(self.stages)
         return values
-
-    def replace(self, **changes: Any) -> Study:
-        """This study with some top-level fields or whole sections replaced (validated again)."""
-        import dataclasses
-
-        return dataclasses.replace(self, **changes)

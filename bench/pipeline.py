@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the lakes here (default: a temporary directory)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run the untrained twin (doubles every stage; the goal counts the model's 13 layers)")
     parser.add_argument("--skip-study", action="store_true", help="do not estimate the study's approach")
     parser.add_argument("--check-layers", type=int, default=2,
                         help="layers biclustered serial and on Dask with a small null, to check identical metrics")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         wall_start = time.perf_counter()
         outcome = pipeline_flow(
             lake=str(lake), models=[str(model_dir)], max_tokens=args.tokens, seq_len=args.seq_len,
-            n_workers=args.workers, report_dir=str(work / "report"), progress=False, **common,
+            n_workers=args.workers, report_dir=str(work / "report"), progress=False, control=args.control, **common,
         )
         pipeline_wall = time.perf_counter() - wall_start
         print(f"pipeline done ({_load()})")

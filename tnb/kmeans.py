@@ -263,12 +263,14 @@ def _update(features, labels, distances, centers):
     n = features.shape[1]
     sums = np.zeros((k, n_features))
     counts = np.zeros(k, dtype=np.int64)
+    # Points outer, features inner: the features' sums are independent chains (a loop over
+    # one feature at a time stalls on every add into the same cluster's sum); each sum still
+    # adds its points in index order, so the centres are the same to the bit.
     for i in range(n):
-        counts[labels[i]] += 1
-    for f in range(n_features):
-        row = features[f]
-        for i in range(n):
-            sums[labels[i], f] += row[i]
+        label = labels[i]
+        counts[label] += 1
+        for f in range(n_features):
+            sums[label, f] += features[f, i]
     n_empty = 0
     for c in range(k):
         if counts[c] == 0:

@@ -377,10 +377,10 @@ def test_query_and_report_read_a_read_only_lake(analysis_lake: Lake, tmp_path: P
 
 
 def test_report_markdown_carries_token_text_as_text() -> None:
-    from tnb.report import _md_table, _md_text
+    from tnb.report import _md_text, markdown_table
 
     frame = pl.DataFrame({"token": ["<script>alert(1)</script>", "a|b", "&amp;"]})
-    table = _md_table(frame)
+    table = markdown_table(frame)
     assert "<script>" not in table and "&lt;script&gt;" in table and "a\\|b" in table and "&amp;amp;" in table
     assert _md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
 

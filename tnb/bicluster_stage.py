@@ -319,7 +319,7 @@ def null_chunk(
     -------
     ndarray of shape (len(draws), n_points)
     """
-    from tnb.bicluster import null_statistics
+    from tnb.nulls import null_statistics
     from tnb.prepare import prepare
 
     matrix, _ = _checked_matrix(lake, model, site, layer, params)

@@ -88,6 +88,15 @@ def test_projection_kmeans_is_reproducible() -> None:
     assert first[2] == second[2]
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"n_clusters": 0}, r"n_clusters should be in \[1, n_samples=50\]. Got 0"),
+    ({"n_clusters": 3, "n_init": 0}, "n_init should be >= 1. Got 0"),
+])
+def test_projection_kmeans_names_the_bad_value(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        kmeans(_projection_like(0)[:50], **kwargs)
+
+
 @pytest.mark.parametrize("noise", [1.0, 10.0, 30.0, 60.0])
 def test_planted_checkerboard_consensus_at_least_sklearn(noise) -> None:
     X, rows, cols = make_checkerboard((400, 150), (4, 3), noise=noise, random_state=0)

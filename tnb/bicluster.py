@@ -446,7 +446,7 @@ def grid_search(
                 r2_rows=parts["r2_rows"],
                 r2_cols=parts["r2_cols"],
                 r2_interaction=parts["r2_interaction"],
-                adjusted_r2=adjusted_r2(parts["r2"], X.size, parts["n_blocks"]),
+                adjusted_r2=adjusted_r2(parts["r2"], X.size, int(parts["n_blocks"])),
                 statistic=statistic,
                 observed=float(observed[index]),
                 z=float(z_values[index]),

@@ -428,7 +428,9 @@ def permutation_tests(
     # Pools are built a group of labelings at a time, to bound memory; the row
     # permutations are regenerated from the same seed for every group.
     pool_bytes = [n_column_shuffles * array.shape[0] * state.col_k * 4 for state in states]
-    groups, current, used = [], [], 0
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
     for index, nbytes in enumerate(pool_bytes):
         if current and used + nbytes > _POOL_BYTES:
             groups.append(current)

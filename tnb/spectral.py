@@ -89,6 +89,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from numbers import Integral
+from typing import cast
 
 import numpy as np
 from scipy.sparse.linalg import eigsh, svds
@@ -473,7 +474,7 @@ def _check_kluger(normalization, n_components, n_best, shape, svd_method, name="
 
 def _resolve_seed(random_state) -> int:
     if random_state is None:
-        return int(np.random.SeedSequence().entropy % 2**32)
+        return cast(int, np.random.SeedSequence().entropy) % 2**32  # entropy drawn afresh: an int
     if not _is_int(random_state) or random_state < 0:
         raise ValueError(
             "random_state should be None or an int >= 0 (the grid records its seed). "

@@ -83,6 +83,20 @@ def test_reextracted_activations_make_labels_and_metrics_stale(tmp_path: Path, c
     assert lake.check() == []
 
 
+def test_grid_check_of_activations_that_went_away_is_one_lake_error(tmp_path: Path) -> None:
+    """A layer listed, then its manifest removed (another run's overwrite): a LakeError naming it, not a TypeError."""
+    from tnb.bicluster_stage import check_grid_fits
+    from tnb.lake import MANIFEST_FILE
+
+    lake = make_lake(tmp_path / "lake")
+    params = BiclusterParams(**SMALL)
+    check_grid_fits(lake, "m", "resid", 0, params)  # complete: fits
+    key = partition_key("activations", model="m", site="resid", layer=0)
+    (lake.partition_dir(key) / MANIFEST_FILE).unlink()
+    with pytest.raises(LakeError, match="activations/model=m/site=resid/layer=0 is missing or incomplete"):
+        check_grid_fits(lake, "m", "resid", 0, params)
+
+
 def test_drop_first_records_tokens_and_models_too(tmp_path: Path) -> None:
     lake = make_lake(tmp_path)
     params = BiclusterParams(**SMALL, drop_first=1)

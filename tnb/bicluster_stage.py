@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from tnb import __version__
 from tnb.errors import LakeError
-from tnb.lake import Lake, PartitionKey, partition_key
+from tnb.lake import Lake, PartitionKey, PartitionValue, partition_key
 from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams, StageError
 from tnb.schemas import LABELS, METRICS
 
@@ -79,7 +79,9 @@ class PartitionOutcome:
 
 def output_keys(model: str, site: str, layer: int, method: str, drop_first: int) -> tuple[PartitionKey, PartitionKey]:
     """The ``labels`` and ``metrics`` partitions one layer's biclustering writes."""
-    values = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first}
+    values: dict[str, PartitionValue] = {
+        "model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first
+    }
     return partition_key("labels", **values), partition_key("metrics", **values)
 
 
@@ -287,7 +289,10 @@ def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: Biclu
     import pyarrow.parquet as pq
 
     key = partition_key("activations", model=model, site=site, layer=layer)
-    rows = int(lake.manifest(key)["rows"])
+    manifest = lake.manifest(key)
+    if manifest is None:  # layer_partitions lists complete partitions: this one went away since
+        raise LakeError(f"{key} is missing or incomplete in {lake.root}; re-run extract")
+    rows = int(manifest["rows"])
     width = pq.read_schema(lake.path(key)).field("act").type.list_size
     if rows <= max(params.row_ks) or width <= max(params.col_ks):
         raise StageError(
@@ -319,7 +324,7 @@ def null_chunk(
     -------
     ndarray of shape (len(draws), n_points)
     """
-    from tnb.bicluster import null_statistics
+    from tnb.nulls import null_statistics
     from tnb.prepare import prepare
 
     matrix, _ = _checked_matrix(lake, model, site, layer, params)

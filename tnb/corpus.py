@@ -209,6 +209,7 @@ def load_corpus(
         raise CorpusError(f"max_documents should be >= 1 or None. Got {max_documents} instead.")
     if txt_sample_by not in ("paragraph", "document", "line"):
         raise CorpusError(f"txt_sample_by should be 'paragraph', 'document' or 'line'. Got {txt_sample_by!r} instead.")
+    columns: list[str] | None  # None: the source cannot say its columns before it is read
     if source is None:
         described = f"{BUNDLED_NAME!r} (bundled)"
         columns, rows = _bundled_rows(text_column)

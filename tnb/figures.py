@@ -7,8 +7,10 @@ writes it as ``<base>.png`` and ``<base>.svg`` and closes it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -42,7 +44,7 @@ TWIN_SUFFIX = "-untrained"
 PARTS = (("r2_rows", ":", "rows"), ("r2_cols", "-.", "cols"), ("r2_interaction", "-", "interaction"))
 
 
-def _series_name(row: dict, varying: list[str]) -> str:
+def _series_name(row: dict, varying: Sequence[str]) -> str:
     parts = [str(row["model"])]
     parts += [f"{name}={row[name]}" for name in varying]
     return " ".join(parts)
@@ -150,7 +152,7 @@ def topicality_figure(topicality: pl.DataFrame) -> Figure:
         axis.set_xlabel("depth (layer / n_layers); dashed: untrained twin")
         axis.grid(alpha=0.3)
         _legend_beside(axis, fontsize=7)
-    ax_doc.set_ylim(bottom=min(0.0, float(topicality["ami_doc"].min())))
+    ax_doc.set_ylim(bottom=min(0.0, float(cast(float, topicality["ami_doc"].min()))))  # a float column's min
     return fig
 
 
@@ -417,7 +419,7 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
                 [row["layer"] + 0.15, row["to_layer"] - 0.15], [start[0], end[0]], color="0.4" if counted else "0.7",
                 ls="-" if counted else ":", alpha=0.6, lw=0.5 + 4 * row["jaccard"] if counted else 0.8,
             )
-        first, last = part["layer"].min(), part["layer"].max()
+        first, last = cast(int, part["layer"].min()), cast(int, part["layer"].max())  # an integer column's
         named = families.families.filter((pl.col("model") == model) & (pl.col("n_clusters") > 1))
         labels = []
         for row in named.iter_rows(named=True):

@@ -24,13 +24,14 @@ the number of threads):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
 
 __all__ = ["kmeans", "kmeans_1d", "wcss_1d"]
 
-_JIT = {"nogil": True, "cache": True}
+_JIT: dict[str, Any] = {"nogil": True, "cache": True}
 
 
 # --------------------------------------------------------------------------
@@ -346,10 +347,12 @@ def kmeans(
 
     data = np.asarray(data)
     dtype = np.float32 if data.dtype == np.float32 else np.float64  # float32 data: float32 distances, as scikit-learn
-    features = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
+    features: np.ndarray = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
     n_samples = features.shape[1]
     if not 1 <= n_clusters <= n_samples:
         raise ValueError(f"n_clusters should be in [1, n_samples={n_samples}]. Got {n_clusters} instead.")
+    if n_init < 1:
+        raise ValueError(f"n_init should be >= 1. Got {n_init} instead.")
     rng = check_random_state(random_state)
     n_trials = 2 + int(math.log(n_clusters))
     tol = float(np.mean(np.var(features, axis=1))) * tol
@@ -359,4 +362,5 @@ def kmeans(
         centers, labels, inertia = _lloyd(features, _seed(features, n_clusters, n_trials, draws), max_iter, tol)
         if best is None or inertia < best[2]:
             best = (centers, labels, inertia)
+    assert best is not None  # n_init >= 1 fits were run
     return best

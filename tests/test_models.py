@@ -151,6 +151,21 @@ def test_special_rows_are_left_out_of_what_is_clustered(minilm_lake) -> None:
     assert cells.height == 70 * 384 and cells["pos"].null_count() == 0
 
 
+def test_biclustering_and_the_report_map_see_content_rows_only(minilm_lake) -> None:
+    from tnb.bicluster_stage import BiclusterParams, bicluster_partition, output_keys
+    from tnb.report import _layer_matrix
+
+    lake, _, _ = minilm_lake
+    params = BiclusterParams(row_ks=(2, 3), col_ks=(2, 3), n_null=3, n_seeds=1, n_shuffles=0)
+    outcome = bicluster_partition(lake, "minilm", "resid", 6, params)
+    assert outcome.status == "written" and outcome.n_tokens == 70
+    labels = lake.read(output_keys("minilm", "resid", 6, "biclustering", 0)[0]).to_pylist()
+    assert sorted({row["index"] for row in labels if row["axis"] == "token"}) == list(range(70))
+    matrix, token_labels, _ = _layer_matrix(lake, "minilm", "resid", 6, "biclustering", 0, 2, 2)
+    assert matrix.shape == (70, 384) and token_labels.shape == (70,)
+    np.testing.assert_array_equal(matrix, lake.read_layer("minilm", "resid", 6))
+
+
 def test_a_lake_made_before_special_rows_still_reads_and_asks_for_overwrite(minilm_lake, tmp_path: Path) -> None:
     lake, result, _ = minilm_lake
     key = partition_key("activations", model="minilm", site="resid", layer=6)

@@ -69,6 +69,7 @@ MANIFEST_FILE = "_manifest.json"
 # open, so a row group of one 16 x 128 batch of a 768-wide vector column (1.6 M values)
 # would hold ~20 MB per open partition; bounded here, ~3 MB, whatever the batch.
 ROW_GROUP_VALUES = 1 << 18
+_READ_CHUNK_ROWS = 4096  # rows reordered at a time when a layer is read out of stored order
 _VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 PartitionValue = str | int
@@ -748,7 +749,11 @@ class Lake:
                 order = np.argsort(pos, kind="stable")
         if order.size == pos.size and np.array_equal(order, np.arange(pos.size)):
             return values.astype(np.float32, copy=False), pos
-        return values[order].astype(np.float32, copy=False), pos[order]
+        matrix = np.empty((order.size, width), dtype=np.float32)
+        for start in range(0, order.size, _READ_CHUNK_ROWS):  # no stored-dtype copy of the whole layer
+            matrix[start : start + _READ_CHUNK_ROWS] = values[order[start : start + _READ_CHUNK_ROWS]]
+        return matrix, pos[order]
+
 
 def tables(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
     """Every lake table as a Polars LazyFrame, by name, for notebooks (see :func:`tnb.query.tables`)."""

@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a query from sql/ (or a .sql file, or an inline SELECT) against a lake",
         description=(
             "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of "
-            "--param values) and activation_cells (one layer, long form; needs model, site, layer). "
+            "--param values), activation_cells (one layer, long form, content positions; needs model, site, layer) "
+            "and special_positions (where each model was fed special tokens such as [CLS]). "
             "Polars SQL can also read any file or URL the user can (read_csv('/path')); --lake-only refuses that. "
             f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter."
         ),

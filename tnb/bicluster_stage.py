@@ -3,7 +3,8 @@
 This is the pure-library half of ``flows/bicluster.py``: no Prefect here. One call
 handles one (model, site, layer) partition:
 
-1. read the layer (:meth:`tnb.lake.Lake.read_layer`) and its ``pos`` column;
+1. read the layer's content rows and their ``pos`` (:meth:`tnb.lake.Lake.read_layer_rows`;
+   rows of special tokens such as ``[CLS]`` are left out);
 2. leave out the first ``drop_first`` positions of every sequence (their ``seq_pos``
    comes from the ``tokens`` table of the stream the ``models`` table links the model to);
 3. prepare it (|z| per neuron, :func:`tnb.prepare.prepare`);
@@ -146,9 +147,7 @@ def drop_first_mask(seq_pos: np.ndarray, drop_first: int) -> np.ndarray:
 
 def _read_matrix(lake: Lake, model: str, site: str, layer: int, drop_first: int) -> tuple[np.ndarray, np.ndarray]:
     """The layer as (matrix of shape (n_kept, n_neurons), pos of each kept row)."""
-    matrix = lake.read_layer(model, site, layer)
-    pos = np.sort(lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
-                  .column("pos").to_numpy())
+    matrix, pos = lake.read_layer_rows(model, site, layer)
     if drop_first:
         keep = drop_first_mask(_seq_pos_of(lake, model, pos), drop_first)
         matrix, pos = matrix[keep], pos[keep]
@@ -293,7 +292,11 @@ def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: Biclu
     if manifest is None:  # layer_partitions lists complete partitions: this one went away since
         raise LakeError(f"{key} is missing or incomplete in {lake.root}; re-run extract")
     rows = int(manifest["rows"])
-    width = pq.read_schema(lake.path(key)).field("act").type.list_size
+    schema = pq.read_schema(lake.path(key))
+    width = schema.field("act").type.list_size
+    if "special" in schema.names:  # rows of special tokens are not clustered
+        special = pq.read_table(lake.path(key), columns=["special"]).column("special")
+        rows -= int(np.count_nonzero(special.to_numpy(zero_copy_only=False)))
     if rows <= max(params.row_ks) or width <= max(params.col_ks):
         raise StageError(
             f"{model} {site} layer {layer} has {rows} tokens x {width} neurons; the grid needs more than "

@@ -72,10 +72,8 @@ def _layer_matrix(lake: Lake, model: str, site: str, layer: int, method: str, dr
     labels = labels.filter((pl.col("row_k") == row_k) & (pl.col("col_k") == col_k))
     tokens = labels.filter(pl.col("axis") == "token").sort("index")
     neurons = labels.filter(pl.col("axis") == "neuron").sort("index")
-    activations = lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
-    stored_pos = activations.column("pos").to_numpy()
-    matrix = lake.read_layer(model, site, layer)  # rows in pos order
-    sorted_pos, wanted = np.sort(stored_pos), tokens["index"].to_numpy()
+    matrix, sorted_pos = lake.read_layer_rows(model, site, layer)  # content rows, in pos order
+    wanted = tokens["index"].to_numpy()
     rows = np.searchsorted(sorted_pos, wanted)
     if rows.size and (rows.max() >= sorted_pos.size or not np.array_equal(sorted_pos[rows], wanted)):
         raise ReportError(f"labels of {model}/{site}/{layer} name positions missing from its activations; re-run bicluster")

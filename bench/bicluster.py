@@ -38,7 +38,7 @@ import sklearn.cluster
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from tnb.bicluster import _Settings, fit_grid_timed, grid_search
+from tnb.bicluster import grid_search
 from tnb.metrics import (
     adjusted_r2,
     block_r2,
@@ -48,6 +48,7 @@ from tnb.metrics import (
     total_sum_of_squares,
 )
 from tnb.prepare import prepare
+from tnb.spectral import _Settings, fit_grid_timed
 
 
 def planted_matrix(n_tokens: int, n_neurons: int, k: int = 6, noise: float = 0.5, seed: int = 0) -> np.ndarray:

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the lakes here (default: a temporary directory)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run the untrained twin (doubles every stage; the goal counts the model's 13 layers)")
     parser.add_argument("--skip-study", action="store_true", help="do not estimate the study's approach")
     parser.add_argument("--check-layers", type=int, default=2,
                         help="layers biclustered serial and on Dask with a small null, to check identical metrics")
@@ -161,7 +163,6 @@ def main(argv: list[str] | None = None) -> None:
     from tnb.params import BiclusterParams, ComputeParams, CorpusParams, ExtractParams, Study
 
     bicluster = {"row_ks": ks, "col_ks": ks, "n_null": args.n_null, "n_seeds": args.n_seeds, "seed": args.seed}
-    common = {"bicluster": bicluster, "null_chunk_size": args.null_chunk}
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tnb-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model_dir = _tiny_gpt2(work / "gpt2-small-random", args.n_layer, args.n_embd)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         wall_start = time.perf_counter()
         outcome = pipeline_flow(study=Study(
             lake=str(lake), corpus=CorpusParams(max_tokens=args.tokens, seq_len=args.seq_len),
-            extract=ExtractParams(models=(str(model_dir),)), bicluster=BiclusterParams(**bicluster),
+            extract=ExtractParams(models=(str(model_dir),), control=args.control), bicluster=BiclusterParams(**bicluster),
             compute=ComputeParams(n_workers=args.workers, null_chunk_size=args.null_chunk),
             report_dir=str(work / "report"), progress=False,
         ))

@@ -77,6 +77,7 @@ def quiet_user_errors() -> None:
 
 def _subclass_names(base: type) -> set[str]:
     names = {base.__name__}
+    sub: type
     for sub in base.__subclasses__():
         names |= _subclass_names(sub)
     return names

@@ -299,8 +299,8 @@ def bicluster_flow(
         f"of {null_chunk_size}) on {_describe(runner, blas_threads)}"
     )
     return _bicluster_partitions.with_options(task_runner=runner)(
-        lake, [tuple(p) for p in partitions], params.config(), overwrite, blas_threads,
-        [tuple(p) for p in todo], null_chunk_size,
+        lake, [(str(m), str(s), int(n)) for m, s, n in partitions], params.config(), overwrite, blas_threads,
+        [(str(m), str(s), int(n)) for m, s, n in todo], null_chunk_size,
     )
 
 

@@ -15,17 +15,13 @@ from sklearn.cluster import _bicluster as sk_bicluster
 from sklearn.datasets import make_biclusters, make_checkerboard
 from sklearn.metrics import adjusted_rand_score, consensus_score
 
-from tnb import bicluster as tb
-from tnb.bicluster import (
-    SpectralBiclustering,
-    SpectralCoclustering,
-    grid_search,
-    mark_selected,
-    null_statistics,
-)
+from tnb import nulls, spectral
+from tnb.bicluster import grid_search, mark_selected
 from tnb.metrics import block_r2, block_sums, r2_parts_from_sums, total_sum_of_squares
+from tnb.nulls import null_statistics
 from tnb.prepare import prepare
 from tnb.schemas import LABELS, METRICS
+from tnb.spectral import SpectralBiclustering, SpectralCoclustering
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +53,21 @@ def _biclusters(shape, k, noise, seed=0):
     return np.abs(X), rows, cols  # co-clustering needs a nonnegative matrix
 
 
+def test_names_moved_out_of_bicluster_still_import_from_it() -> None:
+    """The estimators went to tnb.spectral and the nulls to tnb.nulls; tnb.bicluster re-exports the same objects."""
+    import tnb.bicluster
+
+    moved = {
+        spectral: ["DEFAULT_KS", "GRID_N_INIT", "METHODS", "NORMALIZATIONS", "SpectralBiclustering",
+                   "SpectralCoclustering", "fit_grid_timed"],
+        nulls: ["NULLS", "STATISTICS", "null_matrix", "null_statistics", "refit_null"],
+    }
+    for module, names in moved.items():
+        for name in names:
+            assert name in module.__all__ and name in tnb.bicluster.__all__, name
+            assert getattr(tnb.bicluster, name) is getattr(module, name), name
+
+
 # ---------------------------------------------------------------- normalizations
 
 
@@ -65,15 +76,15 @@ def test_normalizations_match_sklearn_in_float32(seed) -> None:
     rng = np.random.default_rng(seed)
     X = np.abs(rng.standard_normal((120, 40))) * rng.uniform(0.5, 2, 40)
     X32 = X.astype(np.float32)
-    bisto = tb._bistochastic_normalize(X32)
+    bisto = spectral._bistochastic_normalize(X32)
     assert bisto.dtype == np.float32
     np.testing.assert_allclose(bisto, sk_bicluster._bistochastic_normalize(X), rtol=1e-4, atol=1e-8)
-    scaled, row_diag, col_diag = tb._scale_normalize(X32)
+    scaled, row_diag, col_diag = spectral._scale_normalize(X32)
     sk_scaled, sk_row, sk_col = sk_bicluster._scale_normalize(X)
     assert scaled.dtype == row_diag.dtype == np.float32
     np.testing.assert_allclose(scaled, sk_scaled, rtol=1e-5)
     np.testing.assert_allclose(row_diag, sk_row, rtol=1e-5)
-    logged = tb._log_normalize(X32 - 0.5)
+    logged = spectral._log_normalize(X32 - 0.5)
     assert logged.dtype == np.float32
     np.testing.assert_allclose(logged, sk_bicluster._log_normalize(X - 0.5), atol=1e-5)
 
@@ -89,9 +100,9 @@ def test_zero_rows_and_columns_do_not_break_the_spectral_step() -> None:
     for model in (SpectralBiclustering((3, 2), random_state=0), SpectralCoclustering(3, random_state=0)):
         model.fit(X)
         assert model.row_labels_.shape == (90,) and model.column_labels_.shape == (40,)
-    scaled, row_diag, col_diag = tb._scale_normalize(X.astype(np.float32))
+    scaled, row_diag, col_diag = spectral._scale_normalize(X.astype(np.float32))
     assert np.isfinite(scaled).all() and row_diag[5] == 0 and col_diag[7] == 0
-    assert np.isfinite(tb._bistochastic_normalize(X.astype(np.float32))).all()
+    assert np.isfinite(spectral._bistochastic_normalize(X.astype(np.float32))).all()
 
 
 # ---------------------------------------------------------------- scikit-learn parity on the same SVD
@@ -101,8 +112,8 @@ def test_zero_rows_and_columns_do_not_break_the_spectral_step() -> None:
 @pytest.mark.parametrize(("shape", "n_clusters", "noise"), [((300, 120), (4, 3), 5.0), ((150, 90), (3, 5), 10.0)])
 def test_biclustering_labels_equal_sklearn_on_the_same_svd(monkeypatch, normalization, shape, n_clusters, noise) -> None:
     X, _, _ = _checkerboard(shape, n_clusters, noise)
-    settings_ = tb._Settings(random_state=0)
-    ut, vt = tb._kluger_svd(X.astype(np.float32), normalization, 6, settings_)
+    settings_ = spectral._Settings(random_state=0)
+    ut, vt = spectral._kluger_svd(X.astype(np.float32), normalization, 6, settings_)
     monkeypatch.setattr(
         sklearn.cluster.SpectralBiclustering,
         "_svd",
@@ -117,8 +128,8 @@ def test_biclustering_labels_equal_sklearn_on_the_same_svd(monkeypatch, normaliz
 @pytest.mark.parametrize(("shape", "k", "noise"), [((300, 120), 4, 3.0), ((200, 150), 6, 5.0)])
 def test_coclustering_labels_equal_sklearn_on_the_same_svd(monkeypatch, shape, k, noise) -> None:
     X, _, _ = _biclusters(shape, k, noise)
-    normalized, _, _ = tb._scale_normalize(X.astype(np.float32))
-    u, v = tb._svd(normalized, tb._n_sv_dhillon(k), 1, tb._Settings(random_state=0))
+    normalized, _, _ = spectral._scale_normalize(X.astype(np.float32))
+    u, v = spectral._svd(normalized, spectral._n_sv_dhillon(k), 1, spectral._Settings(random_state=0))
     monkeypatch.setattr(
         sklearn.cluster.SpectralCoclustering,
         "_svd",
@@ -207,8 +218,8 @@ def test_coclustering_grid_runs_the_shared_ks_and_matches_the_estimator_at_the_l
 
 def test_grid_search_svd_is_computed_once_per_fit(monkeypatch) -> None:
     calls = []
-    original = tb._svd
-    monkeypatch.setattr(tb, "_svd", lambda *args, **kwargs: calls.append(args[1]) or original(*args, **kwargs))
+    original = spectral._svd
+    monkeypatch.setattr(spectral, "_svd", lambda *args, **kwargs: calls.append(args[1]) or original(*args, **kwargs))
     X, _, _ = _checkerboard((150, 60), (3, 3), noise=5)
     grid_search(X, (2, 3, 4), (2, 3, 4), null=None, n_seeds=1, n_shuffles=0, random_state=0)
     assert calls == [7]  # n_components + 1, once for nine grid points
@@ -290,7 +301,7 @@ def test_null_matrix_keeps_token_and_neuron_scales_and_loses_their_association(s
     rng = np.random.default_rng(0)
     loud = rng.standard_normal((300, 80)) * np.exp(rng.standard_normal(300))[:, None] * rng.uniform(0.2, 3, 80)
     loud = (loud if signed else np.abs(loud)).astype(np.float32)
-    null = tb.null_matrix(loud, np.random.default_rng(1))
+    null = nulls.null_matrix(loud, np.random.default_rng(1))
     assert null.shape == loud.shape and null.dtype == np.float32
     assert (null.min() >= 0) == (not signed)
     assert np.corrcoef(null.std(axis=1), loud.std(axis=1))[0, 1] > 0.9  # loud tokens stay loud
@@ -306,8 +317,8 @@ def test_null_matrix_keeps_token_and_neuron_scales_and_loses_their_association(s
         return r2_parts_from_sums(sums, sizes, sum_squares=moments[0], total=moments[1],
                                   n_elements=moments[2])["r2_interaction"]
 
-    assert interaction(tb.null_matrix(X, np.random.default_rng(1))) < 0.1 * interaction(X)  # structure gone
-    column = tb.null_matrix(X, np.random.default_rng(1), "column_refit")
+    assert interaction(nulls.null_matrix(X, np.random.default_rng(1))) < 0.1 * interaction(X)  # structure gone
+    column = nulls.null_matrix(X, np.random.default_rng(1), "column_refit")
     np.testing.assert_array_equal(np.sort(column, axis=0), np.sort(X, axis=0))
 
 
@@ -524,7 +535,7 @@ def test_max_t_p_is_exact_when_observed_and_draws_are_exchangeable(n_draws) -> N
 
     Standardizing by the draws alone (not the observed value) gave 10% at 19 draws, 8% at 39.
     """
-    from tnb.bicluster import _max_t_p
+    from tnb.nulls import _max_t_p
 
     rng = np.random.default_rng(0)
     n_layers, n_points = 4000, 9

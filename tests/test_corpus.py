@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -214,3 +215,86 @@ def test_unreachable_hub_dataset_fails_in_one_line(monkeypatch):
     message = str(raised.value)
     assert "\n" not in message
     assert re.match(r"Cannot (load|read) corpus 'tnb-test-nonexistent/no-such-dataset' \(config '20231101\.en'\): \w+", message)
+
+
+# -- a hub dataset from the datasets cache, offline --------------------------------------
+HUB_ID, HUB_CONFIG = "wikimedia/wikipedia", "20231101.en"
+
+
+def _datasets_cache(hf_home: Path, repo_id: str, config: str, shards: list[list[dict[str, str]]]) -> Path:
+    """Lay rows out as ``datasets.load_dataset(repo_id, config)`` leaves a hub dataset in its cache.
+
+    ``$HF_HOME/datasets/<owner>___<name>/<config>/0.0.0/<commit>/`` holds one Arrow stream
+    file per shard, ``<name>-train-0000i-of-0000n.arrow``, and ``dataset_info.json`` with the
+    split's shard lengths: what ``datasets``' ``Cache`` builder reads when the hub cannot be
+    reached (``datasets/packaged_modules/cache/cache.py``), written with datasets' own writer.
+    """
+    import hashlib
+
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    owner, name = repo_id.split("/")
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    directory = hf_home / "datasets" / f"{owner}___{name}" / config / "0.0.0" / commit
+    directory.mkdir(parents=True)
+    features = datasets.Features({column: datasets.Value("string") for column in ("id", "url", "title", "text")})
+    total_bytes = 0
+    for index, rows in enumerate(shards):
+        with ArrowWriter(features=features, path=str(directory / f"{name}-train-{index:05d}-of-{len(shards):05d}.arrow")) as out:
+            for row in rows:
+                out.write(row)
+            total_bytes += out.finalize()[1]
+    splits = datasets.SplitDict(dataset_name=name)
+    splits.add(datasets.SplitInfo("train", num_bytes=total_bytes, num_examples=sum(map(len, shards)),
+                                  shard_lengths=[len(rows) for rows in shards], dataset_name=name))
+    info = datasets.DatasetInfo(features=features, dataset_name=name, config_name=config, version="0.0.0", splits=splits)
+    info.write_to_directory(str(directory))
+    return directory
+
+
+def test_hub_dataset_resolves_from_the_datasets_cache_offline(tmp_path):
+    """``--corpus wikimedia/wikipedia --corpus-config 20231101.en`` with HF_HUB_OFFLINE=1 and a populated cache."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tnb.tokens import build_token_stream, gpt2_tokenizer
+
+    table = pq.read_table(bundled_corpus_path()).slice(0, 4).to_pylist()
+    rows = [{**row, "text": row["text"][:400]} for row in table]  # four short documents, two per shard
+    _datasets_cache(tmp_path / "hf", HUB_ID, HUB_CONFIG, [rows[:2], rows[2:]])
+    script = textwrap.dedent(
+        f"""
+        import json
+        from tnb.corpus import load_corpus
+        from tnb.errors import CorpusError
+        from tnb.extract import ensure_token_stream
+        from tnb.lake import Lake
+        from tnb.tokens import gpt2_tokenizer
+        stream = ensure_token_stream(Lake({str(tmp_path / "lake")!r}), {HUB_ID!r}, "gpt2", gpt2_tokenizer(), 256, 64,
+                                     hub_config={HUB_CONFIG!r})
+        try:
+            load_corpus({HUB_ID!r}, hub_config="20231101.fr")
+        except CorpusError as error:
+            print(json.dumps({{"stream": stream, "other_config": str(error)}}))
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for name in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["stream"] == "wikimedia_wikipedia.20231101.en.gpt2.256x64"
+    assert result["other_config"].startswith(
+        "Cannot load corpus 'wikimedia/wikipedia' (config '20231101.fr'): ValueError: Couldn't find cache for wikimedia/wikipedia"
+    )
+    from tnb.lake import Lake, partition_key
+
+    stored = Lake(tmp_path / "lake").read(partition_key("tokens", stream=result["stream"]))
+    documents = [Document(i, row["title"], row["text"].strip()) for i, row in enumerate(rows)]
+    expected = build_token_stream(documents, gpt2_tokenizer(), max_tokens=256, seq_len=64)
+    assert stored.equals(expected)
+    assert set(stored["doc_id"].to_pylist()) == {0, 1, 2, 3}  # both shards read, in order

@@ -9,8 +9,8 @@ import pytest
 from tests.fixtures.analysis_lake import build_fixture_lake
 from tnb.families import lake_families
 from tnb.figures import (
-    block_average_map,
     bicluster_map_figure,
+    block_average_map,
     emergence_figure,
     family_flow_figure,
     grid_figure,
@@ -121,15 +121,16 @@ def test_grid_figure_marks_the_selected_point(lake) -> None:
 
 def test_null_figure_marks_the_observed_value() -> None:
     null = np.random.default_rng(0).normal(0.1, 0.01, 500)
-    fig = null_figure(null, 0.2, null_name="interaction_refit", p_layer=0.002)
+    z = (0.2 - null.mean()) / null.std(ddof=1)
+    # the figure shows the metrics table's Z and p (planted here), and computes none of its own
+    fig = null_figure(null, 0.2, null_name="interaction_refit", p_layer=0.002, z=z, p=0.0123)
     ax = fig.axes[0]
     assert ax.lines[1].get_xdata()[0] == 0.2
     assert ax.lines[0].get_xdata()[0] == pytest.approx(np.quantile(null, 0.95))
     assert sum(patch.get_height() for patch in ax.patches) == 500
-    z = (0.2 - null.mean()) / null.std(ddof=1)
     texts = [text.get_text() for text in ax.get_legend().get_texts()]
     assert texts[0] == "interaction_refit (500 draws)"
-    assert f"Z = {z:.1f}, p = {1 / 501:.3g}, p_layer = 0.002" in texts[2]
+    assert f"Z = {z:.1f}, p = 0.0123, p_layer = 0.002" in texts[2]
 
 
 def test_family_flow_one_panel_per_model(lake) -> None:
@@ -146,3 +147,55 @@ def test_map_keeps_small_clusters_visible() -> None:
     rows = np.r_[np.zeros(19_968, dtype=int), np.ones(32, dtype=int)]  # 32 first positions among 20,000
     drawn = block_average_map(np.zeros((rows.size, 4)), rows, np.arange(4), max_rows=600)
     assert np.bincount(drawn.row_clusters)[1] == 32  # not the 1 bin its share of 600 rows would get
+
+
+def _labels_overlapping(fig) -> list[tuple[str, str]]:
+    """Pairs of labels (titles, axis labels, legends, texts outside the plots) whose boxes intersect,
+    and legends or texts that sit over a plot."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [(f"suptitle {fig._suptitle.get_text()!r}", fig._suptitle.get_window_extent(renderer))] if fig._suptitle else []
+    plots = [(f"plot {ax.get_title()!r}", ax.get_window_extent(renderer)) for ax in fig.axes if ax.get_title()]
+    for ax in fig.axes:
+        for artist in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            if artist.get_text():
+                labels.append((f"{artist.get_text()!r}", artist.get_window_extent(renderer)))
+        if ax.get_legend() is not None:
+            labels.append((f"legend of {ax.get_title()!r}", ax.get_legend().get_window_extent(renderer)))
+        outside = [text for text in ax.texts if not ax.bbox.contains(*text.get_window_extent(renderer).p0)]
+        labels += [(f"{text.get_text()!r}", text.get_window_extent(renderer)) for text in outside]
+    found = [(a, b) for i, (a, box_a) in enumerate(labels) for b, box_b in labels[i + 1:] if box_a.overlaps(box_b)]
+    over_plots = [(a, b) for a, box in labels if a.startswith(("legend", "'small/", "'large/")) for b, plot in plots
+                  if box.overlaps(plot)]
+    return found + over_plots
+
+
+def test_no_figure_label_overlaps_another(lake, tmp_path) -> None:
+    curves = run_query(lake, "emergence_curves", {"drop_first": None})
+    topicality = lake_topicality(lake).join(curves.select("model", "layer", "depth").unique(), on=["model", "layer"])
+    grid = run_query(lake, "grid_surface", {"model": "large", "layer": 4})
+    null = np.random.default_rng(0).normal(0.1, 0.01, 39)
+    figures = {
+        "emergence": emergence_figure(curves),
+        "topicality": topicality_figure(topicality),
+        "grid": grid_figure(grid, "large-untrained-model resid layer 12 (16x8)"),
+        "null": null_figure(null, 0.2, title="large resid layer 4 (3x2): r2_interaction against its null",
+                            null_name="interaction_refit", p_layer=0.025, z=9.9, p=0.025),
+        "families": family_flow_figure(lake_families(lake)[("resid", "biclustering", 0)]),
+    }
+    for name, fig in figures.items():
+        assert _labels_overlapping(fig) == [], name
+    # control: the checker sees a legend drawn over the curves
+    fig = emergence_figure(curves)
+    fig.axes[0].legend(loc="center")
+    assert _labels_overlapping(fig)
+
+
+def test_family_flow_axis_spans_the_layers_present(lake) -> None:
+    found = lake_families(lake)[("resid", "biclustering", 0)]
+    fig = family_flow_figure(found)
+    for ax in fig.axes:
+        model = ax.get_title().split(":")[0]
+        layers = sorted(found.clusters.filter(pl.col("model") == model)["layer"].unique().to_list())
+        assert [int(tick) for tick in ax.get_xticks()] == layers
+        assert ax.get_xlim() == (layers[0] - 0.5, layers[-1] + 0.5)  # no empty stretch past the last layer

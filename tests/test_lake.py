@@ -329,3 +329,45 @@ def test_writer_holds_a_bounded_row_group_whatever_the_batch(tmp_path: Path) -> 
     # min/max of a vector column say nothing: none is written; the scalar column keeps its statistics
     assert written.row_group(0).column(0).is_stats_set and not written.row_group(0).column(1).is_stats_set
     np.testing.assert_array_equal(lake.read(_key())["pos"].to_numpy(), np.arange(rows + 10))
+
+
+def _shuffled_with_special_rows(n_rows: int, width: int) -> tuple[pa.Table, np.ndarray]:
+    """Content rows 0..n_rows-1 stored out of order, each sequence of 4 framed by two special rows."""
+    n_sequences = n_rows // 4
+    wrapped = np.arange(n_sequences * 6, dtype=np.int32).reshape(n_sequences, 6)  # [CLS] c c c c [SEP]
+    special = np.zeros_like(wrapped, dtype=bool)
+    special[:, [0, 5]] = True
+    pos = np.full(wrapped.shape, -1, dtype=np.int32)
+    pos[:, 1:5] = np.arange(n_rows, dtype=np.int32).reshape(n_sequences, 4)
+    values = np.random.default_rng(0).standard_normal((wrapped.size, width)).astype(np.float16)
+    order = np.random.default_rng(1).permutation(wrapped.size)  # stored in any order
+    columns = {
+        "pos": pa.array(pos.ravel()[order], mask=special.ravel()[order]),
+        "act": pa.FixedSizeListArray.from_arrays(pa.array(values[order].ravel()), width),
+        "special": pa.array(special.ravel()[order]),
+        "seq_id": pa.array(np.repeat(np.arange(n_sequences, dtype=np.int32), 6)[order]),
+        "wrapped_pos": pa.array(np.tile(np.arange(6, dtype=np.int32), n_sequences)[order]),
+        "token_id": pa.array(np.where(special, 101, 0).astype(np.int32).ravel()[order], mask=~special.ravel()[order]),
+        "token": pa.array([("[CLS]" if s else None) for s in special.ravel()[order]], pa.string()),
+    }
+    return pa.table(columns, schema=activations_schema(width, special=True)), values
+
+
+def test_read_layer_leaves_special_rows_out_and_orders_by_pos(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    table, values = _shuffled_with_special_rows(40, 8)
+    lake.write_table(_key(), table, {})
+    is_content = np.tile([False, True, True, True, True, False], 10)
+    matrix, pos = lake.read_layer_rows("m", "resid", 0)
+    assert pos.tolist() == list(range(40))
+    np.testing.assert_array_equal(matrix, values[is_content].astype(np.float32))
+    np.testing.assert_array_equal(lake.read_layer("m", "resid", 0), matrix)
+    everything, pos = lake.read_layer_rows("m", "resid", 0, include_special=True)
+    np.testing.assert_array_equal(everything, values.astype(np.float32))  # the order the model saw them
+    assert pos.tolist() == np.where(is_content, np.cumsum(is_content) - 1, -1).tolist()
+
+
+def test_activations_schema_with_special_rows_is_checked(tmp_path: Path) -> None:
+    table, _ = _shuffled_with_special_rows(8, 4)
+    with pytest.raises(SchemaError, match="does not match the activations table"):
+        Lake(tmp_path).write_table(_key(), table.drop_columns(["wrapped_pos"]), {})

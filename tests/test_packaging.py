@@ -51,6 +51,9 @@ def test_wheel_installs_one_top_level_package_with_its_sql(wheel: Path) -> None:
     assert {f"tnb/sql/{path.name}" for path in (ROOT / "sql").glob("*.sql")} <= set(names)
     assert {"tnb/flows/__init__.py", "tnb/flows/cli.py", "tnb/flows/pipeline.py"} <= set(names)
     assert "tnb/data/enwiki_sample.parquet" in names and "tnb/data/gpt2-tokenizer/vocab.json" in names
+    assert {f"tnb/templates/{path.name}" for path in (ROOT / "tnb" / "templates").glob("*.j2")} <= set(names)
+    assert {"tnb/templates/report.html.j2", "tnb/templates/report.md.j2"} <= set(names)
+    assert "tnb/py.typed" in names  # PEP 561: type checkers read tnb's annotations
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
-"""The report holds every figure and table, and opens in headless Chromium with its figures loaded."""
+"""The report holds every figure and table, and opens in headless Chromium with its figures loaded and its tables inside a 1,400 px window."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -46,6 +48,7 @@ def test_report_contains_every_figure(report) -> None:
         assert rel in page and rel in markdown
     assert sorted(re.findall(r'<img src="([^"]+)"', page)) == sorted(p.relative_to(report.html.parent).as_posix() for p in pngs)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must not load anything from the network"
+    assert "<script" not in page.lower(), "the shipped page carries no script (the browser test brings its own probe)"
 
 
 def test_report_contains_every_table(report) -> None:
@@ -69,7 +72,7 @@ def test_report_contains_every_table(report) -> None:
 def test_clusters_show_top_tokens_and_snippets(report) -> None:
     page = report.html.read_text()
     small_1 = page.split("<summary>small resid layer 1 (biclustering)</summary>")[1].split("</details>")[0]
-    assert "&#x27; senate&#x27; ×" in small_1 and "position artifact" in small_1
+    assert "' senate' ×" in html.unescape(small_1) and "position artifact" in small_1
     # keyword in context: the keyword bold, context from its own sequence
     snippets = re.findall(r'<span class="kw">…(.*?)<b>(.*?)</b>(.*?)…</span>', small_1)
     assert len(snippets) == 3 * 3  # P's four starters are seen 3 times each: below min_count (5), no top tokens
@@ -105,7 +108,7 @@ def test_nothing_significant_is_said_and_no_point_is_crowned(nothing_report) -> 
 def test_nulls_are_the_pipelines_own_draws(report) -> None:
     assert not hasattr(tnb.report, "label_shuffle_null") and not hasattr(tnb.report, "block_r2")
     page = report.html.read_text()
-    assert "The pipeline&#x27;s own 39 interaction_refit null draws on the matrix it clustered, small resid layer 1" in page
+    assert "The pipeline's own 39 interaction_refit null draws on the matrix it clustered, small resid layer 1" in html.unescape(page)
     assert "recomputed" not in page
 
 
@@ -132,33 +135,57 @@ def test_report_on_an_empty_lake_says_what_to_run(tmp_path: Path) -> None:
     assert main(["report", "--lake", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
 
 
-def _render(html: Path, profile: Path) -> str:
+# The probe is the test's, added to a copy of the page: it opens every <details>, then
+# records which figures loaded and whether any table reaches past the window's edge.
+_PROBE = """<script>
+window.addEventListener("load", function () {
+  document.querySelectorAll("details").forEach(function (d) { d.open = true; });
+  var width = document.documentElement.clientWidth, images = Array.from(document.images);
+  var tables = Array.from(document.querySelectorAll("table"));
+  var probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify({
+    width: width, page_width: document.documentElement.scrollWidth, images: images.length, tables: tables.length,
+    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    wide: tables.filter(function (t) { return t.getBoundingClientRect().right > width; }).length,
+  });
+  document.body.appendChild(probe);
+});
+</script>"""
+
+
+def _probe(report_dir: Path, profile: Path, style: str = "") -> dict:
+    """Open a copy of the report with the probe (and ``style``) in headless Chromium at 1,400 x 900 px."""
+    page = report_dir / "index.html"
+    probed = page.with_name("probed.html")
+    probed.write_text(page.read_text().replace("</body>", f"{style}{_PROBE}</body>"))
     command = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-        f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", html.as_uri(),
+        "--hide-scrollbars", "--window-size=1400,900",
+        f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri(),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def _image_check(dom: str) -> tuple[int, int]:
-    found = re.search(r'id="image-check" data-loaded="(\d+)" data-total="(\d+)"', dom)
-    assert found, "the page's load script did not run"
-    return int(found.group(1)), int(found.group(2))
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, "the probe did not run"
+    return json.loads(html.unescape(found.group(1)))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium(report, tmp_path: Path) -> None:
-    loaded, total = _image_check(_render(report.html, tmp_path / "profile"))
-    assert (loaded, total) == (9, 9)
-    # control: the same page with one figure missing is caught
-    broken = tmp_path / "broken"
-    shutil.copytree(report.html.parent, broken)
-    (broken / "figures" / "emergence.png").unlink()
-    loaded, total = _image_check(_render(broken / "index.html", tmp_path / "profile2"))
-    assert (loaded, total) == (8, 9)
+    copy = tmp_path / "report"
+    shutil.copytree(report.html.parent, copy)
+    n_tables = report.html.read_text().count("<table")
+    seen = _probe(copy, tmp_path / "profile")
+    assert (seen["loaded"], seen["images"]) == (9, 9)
+    assert seen["tables"] == n_tables > 10
+    assert seen["width"] == 1400 and seen["wide"] == 0 and seen["page_width"] <= 1400, seen
+    # controls: one figure missing is caught, and so are tables that cannot wrap
+    (copy / "figures" / "emergence.png").unlink()
+    seen = _probe(copy, tmp_path / "profile2", "<style>th, td, .kw, code { white-space: nowrap; }</style>")
+    assert (seen["loaded"], seen["images"]) == (8, 9)
+    assert seen["wide"] > 0 and seen["page_width"] > 1400, seen
 
 
 def test_cli_report_writes_index_html(lake, tmp_path: Path, capsys) -> None:

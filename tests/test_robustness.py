@@ -83,6 +83,20 @@ def test_reextracted_activations_make_labels_and_metrics_stale(tmp_path: Path, c
     assert lake.check() == []
 
 
+def test_grid_check_of_activations_that_went_away_is_one_lake_error(tmp_path: Path) -> None:
+    """A layer listed, then its manifest removed (another run's overwrite): a LakeError naming it, not a TypeError."""
+    from tnb.bicluster_stage import check_grid_fits
+    from tnb.lake import MANIFEST_FILE
+
+    lake = make_lake(tmp_path / "lake")
+    params = BiclusterParams(**SMALL)
+    check_grid_fits(lake, "m", "resid", 0, params)  # complete: fits
+    key = partition_key("activations", model="m", site="resid", layer=0)
+    (lake.partition_dir(key) / MANIFEST_FILE).unlink()
+    with pytest.raises(LakeError, match="activations/model=m/site=resid/layer=0 is missing or incomplete"):
+        check_grid_fits(lake, "m", "resid", 0, params)
+
+
 def test_drop_first_records_tokens_and_models_too(tmp_path: Path) -> None:
     lake = make_lake(tmp_path)
     params = BiclusterParams(**SMALL, drop_first=1)
@@ -377,10 +391,10 @@ def test_query_and_report_read_a_read_only_lake(analysis_lake: Lake, tmp_path: P
 
 
 def test_report_markdown_carries_token_text_as_text() -> None:
-    from tnb.report import _md_table, _md_text
+    from tnb.report import _md_text, markdown_table
 
     frame = pl.DataFrame({"token": ["<script>alert(1)</script>", "a|b", "&amp;"]})
-    table = _md_table(frame)
+    table = markdown_table(frame)
     assert "<script>" not in table and "&lt;script&gt;" in table and "a\\|b" in table and "&amp;amp;" in table
     assert _md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tnb.shuffle import permute_columns
+from tnb.shuffle import permute_columns, shuffled_columns, transpose_scaled
 
 
 def test_every_column_keeps_its_values_and_the_input_is_untouched() -> None:
@@ -45,3 +45,25 @@ def test_positions_are_uniform_and_columns_independent() -> None:
 def test_it_names_a_bad_shape() -> None:
     with pytest.raises(ValueError, match="2-D"):
         permute_columns(np.zeros(5), np.random.default_rng(0))
+
+
+def test_shuffled_columns_of_the_transpose_is_permute_columns() -> None:
+    X = np.random.default_rng(3).standard_normal((300, 7)).astype(np.float32)
+    expected = permute_columns(X, np.random.default_rng(11))
+    got = shuffled_columns(np.ascontiguousarray(X.T), np.random.default_rng(11)).T
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (63, 65), (130, 200)])
+def test_transpose_scaled_equals_numpy(shape) -> None:
+    rng = np.random.default_rng(4)
+    columns = rng.standard_normal(shape).astype(np.float32)
+    scale = rng.gamma(2, 1, shape[1]).astype(np.float32)
+    got = transpose_scaled(columns, scale)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, columns.T * scale[:, np.newaxis])
+
+
+def test_transpose_scaled_names_bad_input() -> None:
+    with pytest.raises(ValueError, match="float32 columns"):
+        transpose_scaled(np.zeros((2, 3)), np.zeros(3, dtype=np.float32))

@@ -10,7 +10,7 @@ from sklearn.datasets import make_checkerboard
 from sklearn.metrics import consensus_score
 from threadpoolctl import threadpool_limits
 
-from tnb import bicluster as tb
+from tnb import spectral
 from tnb.kmeans import kmeans, kmeans_1d, wcss_1d
 
 
@@ -88,11 +88,20 @@ def test_projection_kmeans_is_reproducible() -> None:
     assert first[2] == second[2]
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"n_clusters": 0}, r"n_clusters should be in \[1, n_samples=50\]. Got 0"),
+    ({"n_clusters": 3, "n_init": 0}, "n_init should be >= 1. Got 0"),
+])
+def test_projection_kmeans_names_the_bad_value(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        kmeans(_projection_like(0)[:50], **kwargs)
+
+
 @pytest.mark.parametrize("noise", [1.0, 10.0, 30.0, 60.0])
 def test_planted_checkerboard_consensus_at_least_sklearn(noise) -> None:
     X, rows, cols = make_checkerboard((400, 150), (4, 3), noise=noise, random_state=0)
     theirs = sklearn.cluster.SpectralBiclustering((4, 3), random_state=0).fit(X)
-    ours = tb.SpectralBiclustering((4, 3), random_state=0).fit(X)
+    ours = spectral.SpectralBiclustering((4, 3), random_state=0).fit(X)
     sk_score = consensus_score(theirs.biclusters_, (rows, cols))
     our_score = consensus_score(ours.biclusters_, (rows, cols))
     assert our_score >= sk_score - 1e-9, (our_score, sk_score)
@@ -102,9 +111,9 @@ def test_fit_grid_timed_matches_fit_grid_and_splits_the_time() -> None:
     X, _, _ = make_checkerboard((300, 90), (3, 3), noise=5, random_state=1)
     X = X.astype(np.float32)
     pairs = [(2, 3), (3, 3), (3, 4)]
-    kwargs = {"normalization": "bistochastic", "n_components": 5, "n_best": 3, "settings": tb._Settings(random_state=7)}
-    fits, timings = tb.fit_grid_timed(X, pairs, "biclustering", **kwargs)
-    again, shared = tb._fit_grid(X, pairs, "biclustering", **kwargs)
+    kwargs = {"normalization": "bistochastic", "n_components": 5, "n_best": 3, "settings": spectral._Settings(random_state=7)}
+    fits, timings = spectral.fit_grid_timed(X, pairs, "biclustering", **kwargs)
+    again, shared = spectral._fit_grid(X, pairs, "biclustering", **kwargs)
     assert set(timings) == {"normalization", "svd", "piecewise", "projections"}
     assert all(t >= 0 for t in timings.values()) and shared > 0
     for pair in pairs:
@@ -117,7 +126,7 @@ def test_bistochastic_normalization_takes_sklearns_number_of_scalings() -> None:
 
     X = np.abs(np.random.default_rng(2).standard_normal((200, 50))) + 0.1
     for max_iter in (1, 3):
-        ours = tb._bistochastic_normalize(X.astype(np.float32), max_iter=max_iter)
+        ours = spectral._bistochastic_normalize(X.astype(np.float32), max_iter=max_iter)
         theirs = sk_bicluster._bistochastic_normalize(X, max_iter=max_iter)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 
@@ -127,11 +136,11 @@ def test_same_seed_same_labels_whatever_the_thread_count() -> None:
     X, _, _ = make_checkerboard((400, 120), (4, 3), noise=20, random_state=3)
     X = np.abs(X).astype(np.float32)
     pairs = [(3, 3), (4, 3), (5, 4)]
-    kwargs = {"normalization": "bistochastic", "n_components": 6, "n_best": 3, "settings": tb._Settings(random_state=2)}
+    kwargs = {"normalization": "bistochastic", "n_components": 6, "n_best": 3, "settings": spectral._Settings(random_state=2)}
     runs = []
     for threads in (1, 2, 1):
         with threadpool_limits(limits=threads):
-            runs.append(tb.fit_grid_timed(X, pairs, "biclustering", **kwargs)[0])
+            runs.append(spectral.fit_grid_timed(X, pairs, "biclustering", **kwargs)[0])
     for pair in pairs:
         for run in runs[1:]:
             np.testing.assert_array_equal(runs[0][pair][0], run[pair][0])

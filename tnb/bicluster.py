@@ -1,45 +1,15 @@
-"""Spectral biclustering of a tokens x neurons matrix, in float32, with a shared-SVD grid search.
-
-Two estimators mirror scikit-learn's (same parameters, same attributes, same
-steps in the same order, see ``sklearn/cluster/_bicluster.py``):
-
-- :class:`SpectralCoclustering` (Dhillon 2001): ``B = D_r^-1/2 A D_c^-1/2``,
-  SVD, k-means on the stacked scaled singular vectors;
-- :class:`SpectralBiclustering` (Kluger 2003): bistochastic / scale / log
-  normalization, the singular vectors best fit by piecewise-constant vectors,
-  k-means on each side's projection (the study's default).
-
-They differ from scikit-learn in three deliberate ways: the data stay float32
-(scikit-learn upcasts to float64, doubling memory); an all-zero row or column
-gets a zero scaling instead of ``1/sqrt(0) = inf``, which makes scikit-learn
-fail with "Input contains NaN"; and k-means runs single-threaded, so that the
-same seed gives bit-identical labels (scikit-learn's multi-threaded Lloyd step
-adds per-thread partial sums in whatever order the threads finish).
+"""Grid search of spectral biclusterings, its results and the choice of one grid point per layer.
 
 :func:`grid_search` fits every ``(row_k, col_k)`` of a grid from **one**
-normalization and **one** SVD: for Kluger's method the SVD does not depend on
-k at all (it needs ``n_components + 1`` vectors) and the piecewise fits are
-shared by every grid point with the same ``row_k`` (or ``col_k``); for
-Dhillon's, the SVD is computed for the largest k and truncated for the others.
-Given the same SVD, every step after it is scikit-learn's algorithm, run by
-compiled kernels: the one-dimensional piecewise fits are solved exactly
-(:func:`tnb.kmeans.kmeans_1d`, never a larger error than scikit-learn's
-k-means++ fits) and the projections are clustered by scikit-learn's k-means
-algorithm with NumPy's random draws (:func:`tnb.kmeans.kmeans`); on structured
-data the labels are scikit-learn's (tests check adjusted Rand index 1).
-Where labels *can* differ from a stand-alone scikit-learn fit:
-
-- where scikit-learn's k-means stops in a worse local optimum of a piecewise
-  fit or a projection (tnb's fit is then the better one);
-
-- the randomized SVD is run in float32 here and in float64 there, so singular
-  vectors agree to ~1e-6, not bit for bit; on data with clear structure this
-  never changes a label, on structureless data k-means may break near-ties
-  differently;
-- for co-clustering, a randomized SVD asked for more components draws a
-  different random sketch, so the leading vectors of the shared SVD are not
-  those of a per-k SVD (they are slightly *more* accurate); with
-  ``svd_method="arpack"`` both converge to the same vectors.
+normalization and **one** SVD (the fitting is :mod:`tnb.spectral`'s, which
+says how the shared SVD serves every k and where labels can differ from a
+stand-alone scikit-learn fit), splits each point's block-mean R^2 into
+token-cluster, neuron-cluster and interaction parts (:mod:`tnb.metrics`),
+tests it against a null of whole grid refits on matrices without token x
+neuron association (:mod:`tnb.nulls`), refits with other seeds for stability,
+and records the layer's neuron specialization (:mod:`tnb.specialization`).
+:func:`mark_selected` picks one point per layer. The results are
+:class:`BiclusterResult` rows, the METRICS table's columns.
 
 Valid k: every ``row_k`` satisfies ``2 <= row_k < n_tokens`` and every
 ``col_k`` satisfies ``2 <= col_k < n_neurons`` (co-clustering has one k for
@@ -47,6 +17,11 @@ both, so both bounds apply). k = 1 has no structure to score (R^2 = 0 by
 construction, and Dhillon's method has no singular vector to use); k equal to
 the number of rows makes every row its own cluster, so the fit is trivial and
 the permutation null is degenerate.
+
+The estimators (:class:`SpectralBiclustering`, :class:`SpectralCoclustering`),
+the nulls (:func:`null_matrix`, :func:`null_statistics`, :func:`refit_null`)
+and the grid's constants were defined here before the split; they are still
+importable from this module.
 """
 
 from __future__ import annotations
@@ -55,41 +30,60 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
-from scipy.sparse.linalg import eigsh, svds
-from sklearn.base import BaseEstimator, BiclusterMixin
-from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score
-from sklearn.utils import check_random_state
-from sklearn.utils.extmath import randomized_svd
-from threadpoolctl import threadpool_limits
 
-from tnb.kmeans import kmeans, kmeans_1d
-from tnb.metrics import (
-    adjusted_r2,
+from tnb.metrics import adjusted_r2, grid_r2_parts, permutation_tests, total_sum_of_squares
+from tnb.nulls import (  # null_matrix, null_statistics, refit_null are re-exported
+    NULLS,
+    STATISTICS,
+    _draw_settings,
+    _max_t_p,
+    _null_statistics,
+    null_matrix,
+    null_statistics,
+    refit_null,
+)
+from tnb.prepare import check_matrix
+from tnb.specialization import (
     association_specialization,
     cluster_specialization,
     noise_specialization,
-    permutation_tests,
-    r2_parts_from_sums,
     specialization_summary,
-    total_sum_of_squares,
 )
-from tnb.prepare import check_matrix
-from tnb.scaling import scaled, scaling_pass
-from tnb.shuffle import permute_columns
+from tnb.spectral import (  # the estimators and fit_grid_timed are re-exported
+    DEFAULT_KS,
+    GRID_N_INIT,
+    METHODS,
+    NORMALIZATIONS,
+    SpectralBiclustering,
+    SpectralCoclustering,
+    _check_choice,
+    _check_kluger,
+    _check_n_sv,
+    _check_settings,
+    _fit_grid,
+    _grid_pairs,
+    _is_int,
+    _n_sv_dhillon,
+    _resolve_seed,
+    _Settings,
+    fit_grid_timed,
+)
 
 __all__ = [
     "DEFAULT_KS",
+    "GRID_N_INIT",
     "METHODS",
+    "NORMALIZATIONS",
     "NULLS",
     "SELECTION_RULES",
     "BiclusterResult",
     "SpectralBiclustering",
     "SpectralCoclustering",
     "STATISTICS",
+    "fit_grid_timed",
     "grid_search",
     "mark_selected",
     "null_matrix",
@@ -97,567 +91,12 @@ __all__ = [
     "refit_null",
 ]
 
-#: The study's grid: every (row_k, col_k) in {6, 9, 12}^2.
-DEFAULT_KS = (6, 9, 12)
-#: "biclustering" is Kluger's checkerboard method (the study's), "coclustering" Dhillon's.
-METHODS = ("biclustering", "coclustering")
-#: Normalizations of Kluger's method, as in scikit-learn.
-NORMALIZATIONS = ("bistochastic", "scale", "log")
-#: Nulls the statistic is tested against (each draw is a whole grid refit); see :func:`null_matrix`.
-NULLS = ("interaction_refit", "column_refit")
-#: What z and p test: token x neuron structure (default), or the study's whole block-mean R^2.
-STATISTICS = ("r2_interaction", "r2")
-#: k-means restarts of the grid's fits (the estimators keep scikit-learn's 10). Every null draw
-#: refits the grid, and on structureless draws Lloyd's iterations dominate: on a 20,000 x 384
-#: noise matrix 3 restarts cut the projections from 5.2 s to 1.6 s (one thread, loaded machine).
-#: The observed fit and every null draw use the same setting, so the test stays calibrated.
-GRID_N_INIT = 3
 #: Selection rules (see :func:`mark_selected`).
 SELECTION_RULES = ("excess", "z", "adjusted_r2", "r2")
 
 
 # --------------------------------------------------------------------------
-# Normalizations (float32 versions of scikit-learn's, zero rows/cols safe)
-# --------------------------------------------------------------------------
-
-
-def _make_nonnegative(X: np.ndarray, min_value: float = 0) -> np.ndarray:
-    min_ = X.min()
-    if min_ < min_value:
-        X = X + np.float32(min_value - min_)
-    return X
-
-
-def _inverse_sqrt(sums: np.ndarray) -> np.ndarray:
-    # 0 for an empty row/column, where scikit-learn gets inf and then NaN.
-    positive = sums > 0
-    return np.where(positive, 1.0 / np.sqrt(np.where(positive, sums, 1.0)), 0.0)
-
-
-def _scale_normalize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``D_r^-1/2 X D_c^-1/2`` and the two scalings (float32)."""
-    X = _make_nonnegative(X)
-    row_diag = _inverse_sqrt(X.sum(axis=1, dtype=np.float64)).astype(np.float32)
-    col_diag = _inverse_sqrt(X.sum(axis=0, dtype=np.float64)).astype(np.float32)
-    normalized = X * row_diag[:, np.newaxis]
-    normalized *= col_diag
-    return normalized, row_diag, col_diag
-
-
-def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
-    """scikit-learn's repeated scale normalization, as two scaling vectors.
-
-    Iterate ``X_{t+1} = D_r^-1/2 X_t D_c^-1/2`` until ``||X_t - X_{t+1}||_F <
-    tol`` (at most ``max_iter`` scalings), exactly scikit-learn's rule, but
-    keep ``X_t = diag(a) X diag(b)`` implicit: one compiled pass over ``X``
-    per iteration gives the next sums and the change of the last scaling
-    (:mod:`tnb.scaling`), and the scaled matrix is formed once at the end.
-    """
-    X = np.ascontiguousarray(_make_nonnegative(X), dtype=np.float32)
-    a = np.ones(X.shape[0])
-    b = np.ones(X.shape[1])
-    row_sums = np.empty(X.shape[0])
-    col_sums = np.empty(X.shape[1])
-    scaling_pass(X, a, b, a, b, row_sums, col_sums)
-    for n_scalings in range(1, max_iter + 1):
-        a_prev, b_prev = a, b
-        a = a * _inverse_sqrt(row_sums)
-        b = b * _inverse_sqrt(col_sums)
-        if n_scalings == max_iter:
-            break
-        if scaling_pass(X, a, b, a_prev, b_prev, row_sums, col_sums) < tol:
-            break
-    return scaled(X, a, b)
-
-
-def _log_normalize(X: np.ndarray) -> np.ndarray:
-    """Kluger's log-interactions normalization (float32)."""
-    X = _make_nonnegative(X, min_value=1)
-    L = np.log(X)
-    row_avg = L.mean(axis=1, dtype=np.float64)
-    col_avg = L.mean(axis=0, dtype=np.float64)
-    avg = float(row_avg.mean())
-    L -= row_avg.astype(np.float32)[:, np.newaxis]
-    L -= (col_avg - avg).astype(np.float32)
-    return L
-
-
-# --------------------------------------------------------------------------
-# The steps after normalization, shared by the estimators and the grid
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """Estimator settings the fitting steps need (scikit-learn's names)."""
-
-    svd_method: str = "randomized"
-    n_svd_vecs: int | None = None
-    mini_batch: bool = False
-    init: object = "k-means++"
-    n_init: int = 10
-    random_state: object = None
-
-
-def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settings):
-    """First ``n_components`` singular vectors ``u, v``, less the first ``n_discard`` (scikit-learn's ``_svd``)."""
-    if settings.svd_method == "randomized":
-        kwargs = {} if settings.n_svd_vecs is None else {"n_oversamples": settings.n_svd_vecs}
-        u, _, vt = randomized_svd(array, n_components, random_state=settings.random_state, **kwargs)
-    else:
-        u, _, vt = svds(array, k=n_components, ncv=settings.n_svd_vecs)
-        if np.any(np.isnan(vt)):
-            gram = array.T @ array
-            v0 = check_random_state(settings.random_state).uniform(-1, 1, gram.shape[0])
-            _, v = eigsh(gram, ncv=settings.n_svd_vecs, v0=v0)
-            vt = v.T
-        if np.any(np.isnan(u)):
-            gram = array @ array.T
-            v0 = check_random_state(settings.random_state).uniform(-1, 1, gram.shape[0])
-            _, u = eigsh(gram, ncv=settings.n_svd_vecs, v0=v0)
-    if not (np.isfinite(u).all() and np.isfinite(vt).all()):
-        raise ValueError(
-            "The SVD of the normalized matrix is not finite. Check the input for huge values "
-            "(prepare it with tnb.prepare.abs_zscore)."
-        )
-    return u[:, n_discard:], vt[n_discard:].T
-
-
-def _k_means(data: np.ndarray, n_clusters: int, settings: _Settings) -> tuple[np.ndarray, np.ndarray]:
-    if settings.mini_batch or not isinstance(settings.init, str) or settings.init != "k-means++":
-        model_class = MiniBatchKMeans if settings.mini_batch else KMeans
-        model = model_class(n_clusters, init=settings.init, n_init=settings.n_init, random_state=settings.random_state)
-        model.fit(data)
-        return model.cluster_centers_, model.labels_
-    # scikit-learn's algorithm without its per-call overhead (tnb.kmeans); same settings.
-    centers, labels, _ = kmeans(data, n_clusters, n_init=settings.n_init, random_state=settings.random_state)
-    return centers, labels
-
-
-def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
-    """``||v - best piecewise-constant v with k pieces||`` of every vector, for every k in ks (exact 1-D k-means)."""
-    distances = {k: np.empty(len(vectors)) for k in ks}
-    for index, vector in enumerate(vectors):  # a handful of singular vectors, not elements
-        vector = vector.astype(np.float64)
-        for k, labels in kmeans_1d(vector, ks).items():
-            means = np.bincount(labels, weights=vector, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
-            distances[k][index] = np.linalg.norm(vector - means[labels])
-    return distances
-
-
-def _fit_best_piecewise(
-    vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None
-) -> np.ndarray:
-    """The ``n_best`` vectors best approximated by piecewise-constant ones.
-
-    scikit-learn fits each vector with k-means (k-means++, ``n_init``
-    restarts); here the fit is the exact optimum (:func:`tnb.kmeans.kmeans_1d`),
-    whose error is never larger, so ``settings`` is not needed.
-    """
-    return _best_piecewise_by_k(vectors, n_best, [n_clusters])[n_clusters]
-
-
-def _best_piecewise_by_k(vectors: np.ndarray, n_best: int, ks) -> dict[int, np.ndarray]:
-    """:func:`_fit_best_piecewise` for every k in ks from one dynamic programme per vector."""
-    distances = _piecewise_distances(vectors, sorted(set(ks)))
-    return {k: vectors[np.argsort(dists, kind="stable")[:n_best]] for k, dists in distances.items()}
-
-
-def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
-    _, labels = _k_means(data @ vectors, n_clusters, settings)
-    return labels
-
-
-def _project_all(data: np.ndarray, best: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """``{k: data @ best[k].T}`` from one matrix product over the distinct vector sets (one pass over data)."""
-    distinct = list({vectors.tobytes(): vectors for vectors in best.values()}.values())
-    products = np.split(data @ np.concatenate(distinct).T, np.cumsum([len(v) for v in distinct])[:-1], axis=1)
-    by_vectors = {vectors.tobytes(): product for vectors, product in zip(distinct, products)}
-    return {k: by_vectors[vectors.tobytes()] for k, vectors in best.items()}
-
-
-def _normalize(X: np.ndarray, normalization: str) -> np.ndarray:
-    if normalization == "bistochastic":
-        return _bistochastic_normalize(X)
-    if normalization == "scale":
-        return _scale_normalize(X)[0]
-    return _log_normalize(X)
-
-
-def _kluger_svd(X, normalization, n_components, settings):
-    n_sv = n_components if normalization == "log" else n_components + 1
-    n_discard = 0 if normalization == "log" else 1
-    u, v = _svd(_normalize(X, normalization), n_sv, n_discard, settings)
-    return u.T, v.T
-
-
-def _fit_kluger_grid(X, pairs, *, normalization, n_components, n_best, settings):
-    """Labels for every (row_k, col_k) from one normalization and one SVD.
-
-    Returns ``{(row_k, col_k): (row_labels, col_labels, seconds)}`` and the
-    seconds of the shared steps (normalization, SVD, piecewise fits).
-    """
-    fits, timings = _fit_kluger_grid_timed(
-        X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
-    )
-    return fits, timings["normalization"] + timings["svd"] + timings["piecewise"]
-
-
-def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, settings):
-    timings = {}
-    start = time.perf_counter()
-    normalized = _normalize(X, normalization)
-    timings["normalization"] = time.perf_counter() - start
-    start = time.perf_counter()
-    n_sv = n_components if normalization == "log" else n_components + 1
-    u, v = _svd(normalized, n_sv, 0 if normalization == "log" else 1, settings)
-    ut, vt = u.T, v.T
-    del normalized
-    timings["svd"] = time.perf_counter() - start
-    start = time.perf_counter()
-    # The piecewise fit of the left vectors depends only on row_k, of the right ones only on col_k.
-    best_ut = _best_piecewise_by_k(ut, n_best, [rk for rk, _ in pairs])
-    best_vt = _best_piecewise_by_k(vt, n_best, [ck for _, ck in pairs])
-    timings["piecewise"] = time.perf_counter() - start
-    projections_start = time.perf_counter()
-    # A projection depends on one side's k only: X @ best_vt[col_k] is clustered into each row_k.
-    row_projections = _project_all(X, best_vt)
-    col_projections = _project_all(X.T, best_ut)
-    fits = {}
-    for row_k, col_k in pairs:
-        start = time.perf_counter()
-        _, row_labels = _k_means(row_projections[col_k], row_k, settings)
-        _, col_labels = _k_means(col_projections[row_k], col_k, settings)
-        fits[(row_k, col_k)] = (row_labels, col_labels, time.perf_counter() - start)
-    timings["projections"] = time.perf_counter() - projections_start
-    return fits, timings
-
-
-def _n_sv_dhillon(k: int) -> int:
-    return 1 + int(np.ceil(np.log2(k)))
-
-
-def _fit_dhillon_grid(X, ks, *, settings):
-    """Labels for every k of co-clustering from one SVD (for the largest k, truncated for the others)."""
-    fits, timings = _fit_dhillon_grid_timed(X, ks, settings=settings)
-    return fits, timings["normalization"] + timings["svd"]
-
-
-def _fit_dhillon_grid_timed(X, ks, *, settings):
-    start = time.perf_counter()
-    normalized, row_diag, col_diag = _scale_normalize(X)
-    timings = {"normalization": time.perf_counter() - start}
-    start = time.perf_counter()
-    u, v = _svd(normalized, max(_n_sv_dhillon(k) for k in ks), 1, settings)
-    del normalized
-    timings["svd"] = time.perf_counter() - start
-    timings["piecewise"] = 0.0
-    fits = {}
-    n_rows = X.shape[0]
-    projections_start = time.perf_counter()
-    for k in ks:
-        start = time.perf_counter()
-        n_vectors = _n_sv_dhillon(k) - 1
-        z = np.vstack((row_diag[:, np.newaxis] * u[:, :n_vectors], col_diag[:, np.newaxis] * v[:, :n_vectors]))
-        _, labels = _k_means(z, k, settings)
-        fits[(k, k)] = (labels[:n_rows], labels[n_rows:], time.perf_counter() - start)
-    timings["projections"] = time.perf_counter() - projections_start
-    return fits, timings
-
-
-def fit_grid_timed(X, pairs, method, *, normalization, n_components, n_best, settings):
-    """:func:`_fit_grid` with the time of each step.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_tokens, n_neurons), float32
-    pairs : list of (row_k, col_k)
-        Validated grid points (:func:`_grid_pairs`).
-    method, normalization, n_components, n_best, settings
-        As in :func:`_fit_grid`.
-
-    Returns
-    -------
-    fits : dict of (row_k, col_k) to (row_labels, col_labels, seconds)
-    timings : dict of str to float
-        Seconds of ``"normalization"``, ``"svd"``, ``"piecewise"`` (the
-        one-dimensional fits; 0 for co-clustering) and ``"projections"``
-        (the k-means of every grid point, projection products included).
-    """
-    with threadpool_limits(limits=1, user_api="openmp"):
-        if method == "coclustering":
-            return _fit_dhillon_grid_timed(X, [rk for rk, _ in pairs], settings=settings)
-        return _fit_kluger_grid_timed(
-            X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
-        )
-
-
-# --------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_k(k, name: str, n: int, n_name: str) -> int:
-    if not _is_int(k):
-        raise TypeError(f"{name} should be an int. Got {k!r} of type {type(k).__name__} instead.")
-    if k < 2:
-        raise ValueError(f"{name} should be >= 2 (a single cluster has no structure to score). Got {k} instead.")
-    if k >= n:
-        raise ValueError(f"{name} should be < {n_name}={n}. Got {k} instead.")
-    return int(k)
-
-
-def _check_n_sv(n_sv: int, shape, svd_method: str, what: str) -> None:
-    limit = min(shape)
-    if n_sv > limit or (svd_method == "arpack" and n_sv >= limit):
-        bound = f"<= {limit}" if svd_method == "randomized" else f"< {limit}"
-        raise ValueError(
-            f"{what} needs {n_sv} singular vectors, which should be {bound} = min(n_rows, n_columns) "
-            f"for svd_method={svd_method!r}. Got a matrix of shape {tuple(shape)}."
-        )
-
-
-def _check_settings(settings: _Settings) -> None:
-    if settings.svd_method not in ("randomized", "arpack"):
-        raise ValueError(f"svd_method should be 'randomized' or 'arpack'. Got {settings.svd_method!r} instead.")
-    if settings.n_svd_vecs is not None and (not _is_int(settings.n_svd_vecs) or settings.n_svd_vecs < 0):
-        raise ValueError(f"n_svd_vecs should be None or an int >= 0. Got {settings.n_svd_vecs!r} instead.")
-    if not isinstance(settings.mini_batch, (bool, np.bool_)):
-        raise ValueError(f"mini_batch should be a bool. Got {settings.mini_batch!r} instead.")
-    if not isinstance(settings.init, np.ndarray) and settings.init not in ("k-means++", "random"):
-        raise ValueError(f"init should be 'k-means++', 'random' or an ndarray. Got {settings.init!r} instead.")
-    if not _is_int(settings.n_init) or settings.n_init < 1:
-        raise ValueError(f"n_init should be an int >= 1. Got {settings.n_init!r} instead.")
-
-
-def _check_choice(value, name: str, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} should be one of {tuple(choices)}. Got {value!r} instead.")
-    return value
-
-
-def _check_kluger(normalization, n_components, n_best, shape, svd_method, name="normalization") -> None:
-    _check_choice(normalization, name, NORMALIZATIONS)
-    if not _is_int(n_components) or n_components < 1:
-        raise ValueError(f"n_components should be an int >= 1. Got {n_components!r} instead.")
-    if not _is_int(n_best) or n_best < 1:
-        raise ValueError(f"n_best should be an int >= 1. Got {n_best!r} instead.")
-    if n_best > n_components:
-        raise ValueError(f"n_best={n_best} must be <= n_components={n_components}.")
-    n_sv = n_components if normalization == "log" else n_components + 1
-    _check_n_sv(n_sv, shape, svd_method, f"n_components={n_components} with method={normalization!r}")
-
-
-# --------------------------------------------------------------------------
-# Estimators (scikit-learn API)
-# --------------------------------------------------------------------------
-
-
-class _BaseSpectral(BiclusterMixin, BaseEstimator):
-    """Shared fit/validation of the two estimators."""
-
-    def _settings(self) -> _Settings:
-        return _Settings(self.svd_method, self.n_svd_vecs, self.mini_batch, self.init, self.n_init, self.random_state)
-
-    def fit(self, X, y=None):
-        """Create a biclustering for X.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_rows, n_columns)
-            Training data; converted to float32 (no copy if it already is).
-            NaN or inf raise a ValueError naming how many and where.
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        X = check_matrix(X, name="X", min_rows=3, min_cols=3)
-        settings = self._settings()
-        _check_settings(settings)
-        self._check_parameters(X.shape)
-        self.n_features_in_ = X.shape[1]
-        with threadpool_limits(limits=1, user_api="openmp"):
-            self._fit(X, settings)
-        return self
-
-
-class SpectralCoclustering(_BaseSpectral):
-    """Spectral co-clustering (Dhillon, 2001), float32, scikit-learn's API.
-
-    Parameters
-    ----------
-    n_clusters : int, default=3
-        Number of biclusters; ``2 <= n_clusters < min(n_rows, n_columns)``.
-    svd_method : {"randomized", "arpack"}, default="randomized"
-    n_svd_vecs : int, default=None
-        ``n_oversamples`` of the randomized SVD, or ``ncv`` of ARPACK.
-    mini_batch : bool, default=False
-        Use mini-batch k-means.
-    init : {"k-means++", "random"} or ndarray, default="k-means++"
-    n_init : int, default=10
-        k-means initializations.
-    random_state : int, RandomState instance or None, default=None
-        Threads through the SVD and every k-means, as in scikit-learn.
-
-    Attributes
-    ----------
-    row_labels_ : ndarray of shape (n_rows,)
-    column_labels_ : ndarray of shape (n_columns,)
-    rows_ : ndarray of shape (n_clusters, n_rows), bool
-    columns_ : ndarray of shape (n_clusters, n_columns), bool
-    biclusters_ : tuple of (rows_, columns_)
-    n_features_in_ : int
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn.datasets import make_biclusters
-    >>> X, rows, cols = make_biclusters((60, 40), 3, noise=0.5, random_state=0)
-    >>> model = SpectralCoclustering(n_clusters=3, random_state=0).fit(np.abs(X))
-    >>> model.row_labels_.shape
-    (60,)
-    """
-
-    def __init__(
-        self,
-        n_clusters=3,
-        *,
-        svd_method="randomized",
-        n_svd_vecs=None,
-        mini_batch=False,
-        init="k-means++",
-        n_init=10,
-        random_state=None,
-    ):
-        self.n_clusters = n_clusters
-        self.svd_method = svd_method
-        self.n_svd_vecs = n_svd_vecs
-        self.mini_batch = mini_batch
-        self.init = init
-        self.n_init = n_init
-        self.random_state = random_state
-
-    def _check_parameters(self, shape) -> None:
-        _check_k(self.n_clusters, "n_clusters", min(shape), "min(n_rows, n_columns)")
-        _check_n_sv(_n_sv_dhillon(self.n_clusters), shape, self.svd_method, f"n_clusters={self.n_clusters}")
-
-    def _fit(self, X, settings) -> None:
-        fits, _ = _fit_dhillon_grid(X, [self.n_clusters], settings=settings)
-        self.row_labels_, self.column_labels_, _ = fits[(self.n_clusters, self.n_clusters)]
-        clusters = np.arange(self.n_clusters)[:, np.newaxis]
-        self.rows_ = self.row_labels_[np.newaxis, :] == clusters
-        self.columns_ = self.column_labels_[np.newaxis, :] == clusters
-
-
-class SpectralBiclustering(_BaseSpectral):
-    """Spectral biclustering (Kluger, 2003), float32, scikit-learn's API.
-
-    Parameters
-    ----------
-    n_clusters : int or tuple (n_row_clusters, n_column_clusters), default=3
-        ``2 <= n_row_clusters < n_rows`` and ``2 <= n_column_clusters < n_columns``.
-    method : {"bistochastic", "scale", "log"}, default="bistochastic"
-        Normalization.
-    n_components : int, default=6
-        Singular vectors to check.
-    n_best : int, default=3
-        Vectors to project the data on.
-    svd_method : {"randomized", "arpack"}, default="randomized"
-    n_svd_vecs : int, default=None
-    mini_batch : bool, default=False
-    init : {"k-means++", "random"} or ndarray, default="k-means++"
-    n_init : int, default=10
-    random_state : int, RandomState instance or None, default=None
-
-    Attributes
-    ----------
-    row_labels_ : ndarray of shape (n_rows,)
-    column_labels_ : ndarray of shape (n_columns,)
-    rows_ : ndarray of shape (n_row_clusters * n_column_clusters, n_rows), bool
-    columns_ : ndarray of shape (n_row_clusters * n_column_clusters, n_columns), bool
-    biclusters_ : tuple of (rows_, columns_)
-    n_features_in_ : int
-
-    Examples
-    --------
-    >>> from sklearn.datasets import make_checkerboard
-    >>> X, rows, cols = make_checkerboard((60, 40), (3, 2), noise=0.5, random_state=0)
-    >>> model = SpectralBiclustering((3, 2), n_components=4, random_state=0).fit(X)
-    >>> sorted(set(model.column_labels_.tolist()))
-    [0, 1]
-    """
-
-    def __init__(
-        self,
-        n_clusters=3,
-        *,
-        method="bistochastic",
-        n_components=6,
-        n_best=3,
-        svd_method="randomized",
-        n_svd_vecs=None,
-        mini_batch=False,
-        init="k-means++",
-        n_init=10,
-        random_state=None,
-    ):
-        self.n_clusters = n_clusters
-        self.method = method
-        self.n_components = n_components
-        self.n_best = n_best
-        self.svd_method = svd_method
-        self.n_svd_vecs = n_svd_vecs
-        self.mini_batch = mini_batch
-        self.init = init
-        self.n_init = n_init
-        self.random_state = random_state
-
-    def _ks(self) -> tuple[int, int]:
-        if _is_int(self.n_clusters):
-            return self.n_clusters, self.n_clusters
-        try:
-            n_row_clusters, n_column_clusters = self.n_clusters
-        except (TypeError, ValueError):
-            raise ValueError(
-                "n_clusters should be an int or a tuple (n_row_clusters, n_column_clusters). "
-                f"Got {self.n_clusters!r} instead."
-            ) from None
-        return n_row_clusters, n_column_clusters
-
-    def _check_parameters(self, shape) -> None:
-        n_row_clusters, n_column_clusters = self._ks()
-        name = "n_clusters" if _is_int(self.n_clusters) else None
-        _check_k(n_row_clusters, name or "n_row_clusters", shape[0], "n_rows")
-        _check_k(n_column_clusters, name or "n_column_clusters", shape[1], "n_columns")
-        _check_kluger(self.method, self.n_components, self.n_best, shape, self.svd_method, name="method")
-
-    def _fit(self, X, settings) -> None:
-        n_row_clusters, n_column_clusters = self._ks()
-        fits, _ = _fit_kluger_grid(
-            X,
-            [(n_row_clusters, n_column_clusters)],
-            normalization=self.method,
-            n_components=self.n_components,
-            n_best=self.n_best,
-            settings=settings,
-        )
-        self.row_labels_, self.column_labels_, _ = fits[(n_row_clusters, n_column_clusters)]
-        row_clusters = self.row_labels_[np.newaxis, :] == np.arange(n_row_clusters)[:, np.newaxis]
-        column_clusters = self.column_labels_[np.newaxis, :] == np.arange(n_column_clusters)[:, np.newaxis]
-        self.rows_ = np.repeat(row_clusters, n_column_clusters, axis=0)
-        self.columns_ = np.tile(column_clusters, (n_row_clusters, 1))
-
-
-# --------------------------------------------------------------------------
-# Grid search and results
+# Results
 # --------------------------------------------------------------------------
 
 
@@ -712,7 +151,7 @@ class BiclusterResult:
     spec_mean_noise : float
         The same for Gaussian noise of this shape: its baseline.
     spec_mi : float
-        Mean over neurons of :func:`tnb.metrics.association_specialization`.
+        Mean over neurons of :func:`tnb.specialization.association_specialization`.
     cluster_spec_mean : float
     seconds : float
     seed : int
@@ -806,247 +245,9 @@ class BiclusterResult:
         }
 
 
-def _resolve_seed(random_state) -> int:
-    if random_state is None:
-        return int(np.random.SeedSequence().entropy % 2**32)
-    if not _is_int(random_state) or random_state < 0:
-        raise ValueError(
-            "random_state should be None or an int >= 0 (the grid records its seed). "
-            f"Got {random_state!r} instead."
-        )
-    return int(random_state)
-
-
-def _grid_pairs(row_ks, col_ks, method: str, shape) -> list[tuple[int, int]]:
-    row_ks = tuple(row_ks)
-    col_ks = tuple(col_ks)
-    if not row_ks or not col_ks:
-        raise ValueError(f"row_ks and col_ks should not be empty. Got row_ks={row_ks}, col_ks={col_ks}.")
-    for k in row_ks:
-        _check_k(k, "every row_k in row_ks", shape[0], "n_tokens")
-    for k in col_ks:
-        _check_k(k, "every col_k in col_ks", shape[1], "n_neurons")
-    if method == "coclustering":
-        pairs = [(k, k) for k in dict.fromkeys(row_ks) if k in col_ks]
-        if not pairs:
-            raise ValueError(
-                "coclustering has one k for tokens and neurons, so it runs the ks that are in both row_ks "
-                f"and col_ks. Got row_ks={row_ks}, col_ks={col_ks}, which share none."
-            )
-        return pairs
-    return [(rk, ck) for rk in dict.fromkeys(row_ks) for ck in dict.fromkeys(col_ks)]
-
-
-def _fit_grid(X, pairs, method, *, normalization, n_components, n_best, settings):
-    with threadpool_limits(limits=1, user_api="openmp"):
-        if method == "coclustering":
-            return _fit_dhillon_grid(X, [rk for rk, _ in pairs], settings=settings)
-        return _fit_kluger_grid(
-            X, pairs, normalization=normalization, n_components=n_components, n_best=n_best, settings=settings
-        )
-
-
 # --------------------------------------------------------------------------
-# Scoring every grid point at once
+# Grid search and selection
 # --------------------------------------------------------------------------
-
-
-def _grid_block_sums(X: np.ndarray, labelings) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(sums, sizes) of every labeling of the grid from ONE GEMM over the matrix.
-
-    The token-cluster indicator matrices of all grid points are stacked
-    (n_tokens x sum(row_k)), so ``X.T @ stacked`` reads the matrix once; each
-    point's neuron clusters then reduce a (row_k x n_neurons) slice.
-    """
-    rows = []
-    for row_labels, col_labels in labelings:
-        rows.append((_compact_labels(row_labels), _compact_labels(col_labels)))
-    widths = [k for (_, k), _ in rows]
-    stacked = np.zeros((X.shape[0], sum(widths)), dtype=np.float32)
-    offset = 0
-    for (labels, k), _ in rows:
-        stacked[np.arange(X.shape[0]), offset + labels] = 1
-        offset += k
-    cluster_rows = (X.T @ stacked).T.astype(np.float64)  # (sum row_k, n_neurons)
-    out = []
-    offset = 0
-    for (row_labels, row_k), (col_labels, col_k) in rows:
-        block = cluster_rows[offset : offset + row_k]
-        offset += row_k
-        sums = block @ _onehot_float64(col_labels, col_k)
-        sizes = np.outer(np.bincount(row_labels, minlength=row_k), np.bincount(col_labels, minlength=col_k))
-        out.append((sums, sizes.astype(np.float64)))
-    return out
-
-
-def _compact_labels(labels) -> tuple[np.ndarray, int]:
-    uniques, inverse = np.unique(np.asarray(labels), return_inverse=True)
-    return inverse.astype(np.intp, copy=False), int(uniques.size)
-
-
-def _onehot_float64(labels: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((labels.shape[0], k))
-    out[np.arange(labels.shape[0]), labels] = 1
-    return out
-
-
-def _score_fits(X: np.ndarray, fits: dict, pairs) -> dict[tuple[int, int], dict[str, float]]:
-    """{pair: {r2, r2_rows, r2_cols, r2_interaction, n_blocks}} of a fitted grid on X."""
-    sum_squares, total, n_elements = total_sum_of_squares(X)
-    block = _grid_block_sums(X, [fits[pair][:2] for pair in pairs])
-    out = {}
-    for pair, (sums, sizes) in zip(pairs, block):
-        parts = r2_parts_from_sums(sums, sizes, total=total, sum_squares=sum_squares, n_elements=n_elements)
-        parts["n_blocks"] = int(np.count_nonzero(sizes))
-        out[pair] = parts
-    return out
-
-
-# --------------------------------------------------------------------------
-# Nulls: matrices without token x neuron association, refitted whole
-# --------------------------------------------------------------------------
-
-
-def null_matrix(X: np.ndarray, rng: np.random.Generator, null: str = "interaction_refit") -> np.ndarray:
-    """One matrix that keeps X's token and neuron scales and loses their association.
-
-    ``"interaction_refit"`` (the default null). For a nonnegative matrix (|z|)
-    it is the independence model: ``E_ij = r_i c_j / g`` (row mean x column
-    mean / grand mean, the structure bistochastic normalization removes),
-    the ratios ``X_ij / E_ij`` shuffled within each column, and multiplied
-    back: ``X0_ij = E_ij Q_{pi_j(i), j}``. A loud token stays loud (its row
-    scale is kept, so are its heavier tails), every neuron keeps its scale,
-    and which tokens a neuron prefers is redrawn at random. For a signed
-    matrix the same is done additively, with per-row and per-column scales
-    of the residuals: ``X0 = mu_i + nu_j - g + s_i t_j E_{pi_j(i), j}``, the
-    shuffled residuals re-centred per row.
-
-    ``"column_refit"``: every column shuffled on its own (the earlier refit
-    null). It also destroys each token's loudness, so loud-token structure
-    looks significant against it.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_tokens, n_neurons), float32
-    rng : numpy Generator
-    null : {"interaction_refit", "column_refit"}
-
-    Returns
-    -------
-    ndarray of shape (n_tokens, n_neurons), float32
-    """
-    if null == "column_refit":
-        return permute_columns(X, rng)
-    if null != "interaction_refit":
-        raise ValueError(f"null should be one of {NULLS}. Got {null!r} instead.")
-    row_mean = X.mean(axis=1, dtype=np.float64)
-    col_mean = X.mean(axis=0, dtype=np.float64)
-    grand = float(row_mean.mean())
-    if X.min() >= 0:
-        if grand <= 0:
-            return X.copy()
-        # X0_ij = E_ij Q_{pi_j(i), j} with Q = X / E and E_ij = r_i c_j / g: the column's
-        # c_j / g cancels, so X0_ij = r_i * (X / r)_{pi_j(i), j} (rows with r_i = 0 stay 0).
-        scale = row_mean.astype(np.float32)
-        inverse = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0).astype(np.float32)
-        shuffled = permute_columns(X * inverse[:, np.newaxis], rng)
-        shuffled *= scale[:, np.newaxis]
-        return shuffled
-    effects = (row_mean[:, np.newaxis] + (col_mean - grand)[np.newaxis, :]).astype(np.float32)
-    residual = X - effects
-    row_scale = np.sqrt(np.mean(np.square(residual, dtype=np.float64), axis=1))
-    row_scale = np.where(row_scale > 0, row_scale, 1.0).astype(np.float32)
-    residual /= row_scale[:, np.newaxis]
-    col_scale = np.sqrt(np.mean(np.square(residual, dtype=np.float64), axis=0))
-    col_scale = np.where(col_scale > 0, col_scale, 1.0).astype(np.float32)
-    residual /= col_scale
-    residual = permute_columns(residual, rng)
-    # Re-centre every row: X's residuals sum to 0 along each row, and shuffled ones must too,
-    # or the null draws get extra row variance (measured: 4 of 12 pure-noise matrices
-    # "significant" without this, 1 of 12 with it).
-    residual -= residual.mean(axis=1, keepdims=True)
-    residual *= col_scale
-    residual *= row_scale[:, np.newaxis]
-    residual += effects
-    return residual
-
-
-def _draw_rng(seed: int, draw: int) -> np.random.Generator:
-    # Spawn key (1, draw): each draw's stream depends on the seed and its index only,
-    # so any split of the draws into tasks gives the same numbers.
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, draw)))
-
-
-def _draw_settings(settings: _Settings, rng: np.random.Generator) -> _Settings:
-    return dataclasses.replace(settings, random_state=int(rng.integers(2**31 - 1)))
-
-
-def null_statistics(
-    A,
-    row_ks=DEFAULT_KS,
-    col_ks=DEFAULT_KS,
-    *,
-    draws,
-    random_state: int = 0,
-    null: str = "interaction_refit",
-    statistic: str = "r2_interaction",
-    method: str = "biclustering",
-    normalization: str = "bistochastic",
-    n_components: int = 6,
-    n_best: int = 3,
-    svd_method: str = "randomized",
-    n_svd_vecs: int | None = None,
-    n_init: int = GRID_N_INIT,
-) -> np.ndarray:
-    """The statistic of every grid point on null draws ``draws`` (each a whole grid refit).
-
-    Draw ``d`` depends only on ``random_state`` and ``d``, so a null of
-    ``n_null`` draws can be computed in any number of chunks (Dask tasks) and
-    gives the same values as one call with ``draws=range(n_null)``.
-
-    Parameters
-    ----------
-    A : ndarray of shape (n_tokens, n_neurons) or PreparedMatrix
-    row_ks, col_ks : sequence of int
-    draws : sequence of int
-        Indices of the draws (>= 0).
-    random_state : int
-        The grid's seed (as in :func:`grid_search`).
-    null, statistic, method, normalization, n_components, n_best, svd_method, n_svd_vecs, n_init
-        As in :func:`grid_search`.
-
-    Returns
-    -------
-    ndarray of shape (len(draws), n_points)
-        Grid points in :func:`grid_search`'s order.
-    """
-    X = check_matrix(A, min_rows=3, min_cols=3)
-    seed = _resolve_seed(random_state)
-    _check_choice(null, "null", NULLS)
-    _check_choice(statistic, "statistic", STATISTICS)
-    _check_choice(method, "method", METHODS)
-    pairs = _grid_pairs(row_ks, col_ks, method, X.shape)
-    draws = [int(d) for d in draws]
-    if any(d < 0 for d in draws):
-        raise ValueError(f"draws should be ints >= 0. Got {draws!r} instead.")
-    settings = _Settings(svd_method=svd_method, n_svd_vecs=n_svd_vecs, n_init=n_init, random_state=seed)
-    _check_settings(settings)
-    return _null_statistics(X, pairs, draws, seed, null, statistic, method, normalization, n_components, n_best,
-                            settings)
-
-
-def _null_statistics(X, pairs, draws, seed, null, statistic, method, normalization, n_components, n_best, settings):
-    values = np.empty((len(draws), len(pairs)))
-    for row, draw in enumerate(draws):  # one whole grid refit per draw
-        rng = _draw_rng(seed, draw)
-        shuffled = null_matrix(X, rng, null)
-        fits, _ = _fit_grid(
-            shuffled, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best,
-            settings=_draw_settings(settings, rng),
-        )
-        scores = _score_fits(shuffled, fits, pairs)
-        values[row] = [scores[pair][statistic] for pair in pairs]
-    return values
 
 
 def _stability(label_sets: list[np.ndarray]) -> float:
@@ -1059,28 +260,6 @@ def _stability(label_sets: list[np.ndarray]) -> float:
         for j in range(i + 1, len(label_sets))
     ]
     return float(np.mean(scores))
-
-
-def _max_t_p(observed: np.ndarray, null_values: np.ndarray) -> np.ndarray:
-    """Single-step max-T adjusted p of every grid point (Westfall & Young).
-
-    Every grid point's values are standardized by the mean and sd of the
-    observed value *and* the null draws together, so the observed matrix and
-    the draws are treated alike and the test stays exact under
-    exchangeability. Standardizing by the draws alone (their own in-sample
-    mean and sd) shrinks the draws' extremes but not the observed one's: on
-    simulated exchangeable statistics that rejected 10% at alpha 0.05 with 19
-    draws, 8% with 39 and 6% with 99 (pooled: 5%, 5%, 5%).
-    """
-    pooled = np.vstack([observed[np.newaxis, :], null_values])
-    mean = pooled.mean(axis=0)
-    sd = pooled.std(axis=0, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        standard = np.where(sd > 0, (pooled - mean) / np.where(sd > 0, sd, 1), 0.0)
-    z_obs, max_null = standard[0], standard[1:].max(axis=1)
-    tolerance = 1e-9
-    exceed = (max_null[np.newaxis, :] >= z_obs[:, np.newaxis] - tolerance).sum(axis=1)
-    return (1 + exceed) / (1 + null_values.shape[0])
 
 
 def grid_search(
@@ -1201,7 +380,7 @@ def grid_search(
 
     start = time.perf_counter()
     fits, _ = _fit_grid(X, pairs, method, settings=settings, **fit_kwargs)
-    scores = _score_fits(X, fits, pairs)
+    scores = dict(zip(pairs, grid_r2_parts(X, [fits[pair][:2] for pair in pairs])))
     observed = np.array([scores[pair][statistic] for pair in pairs])
 
     # Stability: the same grid with other seeds (spawn key (2, s): disjoint from the null's streams).
@@ -1267,7 +446,7 @@ def grid_search(
                 r2_rows=parts["r2_rows"],
                 r2_cols=parts["r2_cols"],
                 r2_interaction=parts["r2_interaction"],
-                adjusted_r2=adjusted_r2(parts["r2"], X.size, parts["n_blocks"]),
+                adjusted_r2=adjusted_r2(parts["r2"], X.size, int(parts["n_blocks"])),
                 statistic=statistic,
                 observed=float(observed[index]),
                 z=float(z_values[index]),
@@ -1297,22 +476,6 @@ def grid_search(
             )
         )
     return mark_selected(results, selection)
-
-
-def refit_null(A, row_ks=DEFAULT_KS, col_ks=DEFAULT_KS, *, n_refits: int = 99, random_state: int = 0,
-               null: str = "interaction_refit", **kwargs) -> dict[tuple[int, int], np.ndarray]:
-    """The null statistic of every grid point as a dict (a thin form of :func:`null_statistics`).
-
-    Returns
-    -------
-    dict of (row_k, col_k) to ndarray of shape (n_refits,)
-    """
-    if not _is_int(n_refits) or n_refits < 2:
-        raise ValueError(f"n_refits should be an int >= 2. Got {n_refits!r} instead.")
-    X = check_matrix(A, min_rows=3, min_cols=3)
-    pairs = _grid_pairs(row_ks, col_ks, kwargs.get("method", "biclustering"), X.shape)
-    values = null_statistics(X, row_ks, col_ks, draws=range(n_refits), random_state=random_state, null=null, **kwargs)
-    return {pair: values[:, index] for index, pair in enumerate(pairs)}
 
 
 def mark_selected(results, rule: str = "excess") -> list[BiclusterResult]:

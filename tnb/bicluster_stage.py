@@ -3,7 +3,8 @@
 This is the pure-library half of ``flows/bicluster.py``: no Prefect here. One call
 handles one (model, site, layer) partition:
 
-1. read the layer (:meth:`tnb.lake.Lake.read_layer`) and its ``pos`` column;
+1. read the layer's content rows and their ``pos`` (:meth:`tnb.lake.Lake.read_layer_rows`;
+   rows of special tokens such as ``[CLS]`` are left out);
 2. leave out the first ``drop_first`` positions of every sequence (their ``seq_pos``
    comes from the ``tokens`` table of the stream the ``models`` table links the model to);
 3. prepare it (|z| per neuron, :func:`tnb.prepare.prepare`);
@@ -37,7 +38,7 @@ import pyarrow as pa
 
 from tnb import __version__
 from tnb.errors import LakeError
-from tnb.lake import Lake, PartitionKey, partition_key
+from tnb.lake import Lake, PartitionKey, PartitionValue, partition_key
 from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams, StageError
 from tnb.schemas import LABELS, METRICS
 
@@ -79,7 +80,9 @@ class PartitionOutcome:
 
 def output_keys(model: str, site: str, layer: int, method: str, drop_first: int) -> tuple[PartitionKey, PartitionKey]:
     """The ``labels`` and ``metrics`` partitions one layer's biclustering writes."""
-    values = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first}
+    values: dict[str, PartitionValue] = {
+        "model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first
+    }
     return partition_key("labels", **values), partition_key("metrics", **values)
 
 
@@ -144,9 +147,7 @@ def drop_first_mask(seq_pos: np.ndarray, drop_first: int) -> np.ndarray:
 
 def _read_matrix(lake: Lake, model: str, site: str, layer: int, drop_first: int) -> tuple[np.ndarray, np.ndarray]:
     """The layer as (matrix of shape (n_kept, n_neurons), pos of each kept row)."""
-    matrix = lake.read_layer(model, site, layer)
-    pos = np.sort(lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
-                  .column("pos").to_numpy())
+    matrix, pos = lake.read_layer_rows(model, site, layer)
     if drop_first:
         keep = drop_first_mask(_seq_pos_of(lake, model, pos), drop_first)
         matrix, pos = matrix[keep], pos[keep]
@@ -287,8 +288,15 @@ def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: Biclu
     import pyarrow.parquet as pq
 
     key = partition_key("activations", model=model, site=site, layer=layer)
-    rows = int(lake.manifest(key)["rows"])
-    width = pq.read_schema(lake.path(key)).field("act").type.list_size
+    manifest = lake.manifest(key)
+    if manifest is None:  # layer_partitions lists complete partitions: this one went away since
+        raise LakeError(f"{key} is missing or incomplete in {lake.root}; re-run extract")
+    rows = int(manifest["rows"])
+    schema = pq.read_schema(lake.path(key))
+    width = schema.field("act").type.list_size
+    if "special" in schema.names:  # rows of special tokens are not clustered
+        special = pq.read_table(lake.path(key), columns=["special"]).column("special")
+        rows -= int(np.count_nonzero(special.to_numpy(zero_copy_only=False)))
     if rows <= max(params.row_ks) or width <= max(params.col_ks):
         raise StageError(
             f"{model} {site} layer {layer} has {rows} tokens x {width} neurons; the grid needs more than "
@@ -319,7 +327,7 @@ def null_chunk(
     -------
     ndarray of shape (len(draws), n_points)
     """
-    from tnb.bicluster import null_statistics
+    from tnb.nulls import null_statistics
     from tnb.prepare import prepare
 
     matrix, _ = _checked_matrix(lake, model, site, layer, params)

@@ -223,8 +223,8 @@ def _check_stage_inputs(study: Study) -> None:
     if "analyze" in stages and "bicluster" not in stages and study.report_dir:
         from tnb.report import check_report_inputs
 
-        site = extract.sites[0] if len(extract.sites) == 1 else None
-        check_report_inputs(study.lake, study.report_dir, site=site, method=params.method,
+        report_site = extract.sites[0] if len(extract.sites) == 1 else None
+        check_report_inputs(study.lake, study.report_dir, site=report_site, method=params.method,
                             drop_first=params.drop_first)
 
 
@@ -441,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = _command(
         commands, "query", _cmd_query, "run a query from sql/ (or a .sql file, or an inline SELECT) against a lake",
-        "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of --param values) and "
-        "activation_cells (one layer, long form; needs model, site, layer). Polars SQL can also read any file or "
+        "Tables: tokens, models, labels, metrics (lazy scans of the lake), params (one row of --param values), "
+        "activation_cells (one layer, long form, content positions; needs model, site, layer) and special_positions "
+        "(where each model was fed special tokens such as [CLS]). Polars SQL can also read any file or "
         "URL the user can (read_csv('/path')); --lake-only refuses that. "
         f"Parameters: {', '.join(sorted(PARAMS))}. NAME=all means no filter.",
     )

@@ -12,8 +12,11 @@ Sources (``load_corpus(source)``):
   document per blank-line-separated paragraph by default (``txt_sample_by="paragraph"``);
   ``"document"`` makes each file one document, ``"line"`` each line.
 - A Hugging Face hub dataset id such as ``"wikimedia/wikipedia"`` with ``hub_config=
-  "20231101.en"``, streamed (nothing is downloaded up front). Needs the network, or a
-  local HF cache; ``HF_HUB_OFFLINE=1`` makes it fail at once with a ``CorpusError``.
+  "20231101.en"``, streamed (nothing is downloaded up front). Needs the network, or the
+  dataset prepared in the ``datasets`` cache (``$HF_HOME/datasets/wikimedia___wikipedia/
+  20231101.en/0.0.0/<commit>/``, as a non-streaming ``datasets.load_dataset`` leaves it),
+  which ``HF_HUB_OFFLINE=1`` reads from; one not cached then fails at once with a
+  ``CorpusError``.
 
 Documents whose text is empty or only whitespace are skipped; ``doc_id`` numbers the
 documents that are kept, 0, 1, 2, ... in corpus order.
@@ -209,6 +212,7 @@ def load_corpus(
         raise CorpusError(f"max_documents should be >= 1 or None. Got {max_documents} instead.")
     if txt_sample_by not in ("paragraph", "document", "line"):
         raise CorpusError(f"txt_sample_by should be 'paragraph', 'document' or 'line'. Got {txt_sample_by!r} instead.")
+    columns: list[str] | None  # None: the source cannot say its columns before it is read
     if source is None:
         described = f"{BUNDLED_NAME!r} (bundled)"
         columns, rows = _bundled_rows(text_column)

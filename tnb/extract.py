@@ -15,9 +15,12 @@ Sites and layer numbers (one place that maps ``hidden_states`` to layers):
 
 Special tokens: every sequence is wrapped as the model's tokenizer wraps a text
 (:func:`tnb.tokens.special_wrapping`: BERT ``[CLS] ... [SEP]``, a BOS for Llama tokenizers
-that add one, nothing for GPT-2 unless ``add_bos``); only the content positions are stored,
-so every model with one tokenizer has the same rows, and the ``models`` table records the
-wrapping.
+that add one, nothing for GPT-2 unless ``add_bos``), and the ``models`` table records the
+wrapping. The content positions are the stream's, identical for every model with one
+tokenizer. The special positions' activations are stored too, as rows flagged ``special``
+(``pos`` null; ``seq_id``, ``wrapped_pos``, ``token_id`` and ``token`` say which), so a
+wrapped model's partitions have more rows than the stream; every reader of a layer
+(:meth:`tnb.lake.Lake.read_layer`) leaves them out unless asked, so no matrix holds them.
 
 Peak memory is bounded by the batch, never layers x tokens: the forward pass of one batch
 (``use_cache=False``: no key/value cache is built) while the previous batch's activations
@@ -300,11 +303,47 @@ def _batches(token_ids: np.ndarray, seq_ids: np.ndarray, batch_size: int) -> Ite
         first = last
 
 
-def _activation_table(pos: np.ndarray, values: Any, width: int, schema: pa.Schema) -> pa.Table:
+def _row_columns(
+    pos: np.ndarray, seq_ids: np.ndarray, wrapping: Wrapping, special_text: Mapping[int, str]
+) -> dict[str, pa.Array]:
+    """Every column but ``act`` of one batch's rows, in the order of its stored values.
+
+    Without special tokens: ``pos`` only (content rows). With them: one row per wrapped
+    position, ``pos`` null and ``special`` true at the special ones (see
+    :data:`tnb.schemas.SPECIAL_COLUMNS`).
+
+    Parameters
+    ----------
+    pos : ndarray of shape (n_sequences * seq_len,)
+        The batch's content positions, sequence after sequence.
+    seq_ids : ndarray of shape (n_sequences,)
+    """
+    if not (wrapping.prefix or wrapping.suffix):
+        return {"pos": pa.array(pos)}
+    n_sequences = len(seq_ids)
+    seq_len = pos.size // n_sequences
+    special = wrapping.special_mask(seq_len)
+    wrapped = np.zeros((n_sequences, special.size), dtype=np.int32)
+    wrapped[:, ~special] = pos.reshape(n_sequences, seq_len)
+    special_ids = np.zeros(special.size, dtype=np.int32)
+    special_ids[special] = [*wrapping.prefix, *wrapping.suffix]
+    texts = [special_text[int(token_id)] if is_special else None for token_id, is_special in zip(special_ids, special, strict=True)]
+    mask = np.tile(special, n_sequences)
+    return {
+        "pos": pa.array(wrapped.reshape(-1), mask=mask),
+        "special": pa.array(mask),
+        "seq_id": pa.array(np.repeat(seq_ids.astype(np.int32), special.size)),
+        "wrapped_pos": pa.array(np.tile(np.arange(special.size, dtype=np.int32), n_sequences)),
+        "token_id": pa.array(np.tile(special_ids, n_sequences), mask=~mask),
+        "token": pa.array(texts * n_sequences, type=pa.string()),
+    }
+
+
+def _activation_table(columns: Mapping[str, pa.Array], values: Any, width: int, schema: pa.Schema) -> pa.Table:
     """``values`` (a host tensor of shape (batch, seq, width), already in the stored dtype) as rows."""
     flat = values.contiguous().numpy().reshape(-1)
     act = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
-    return pa.Table.from_arrays([pa.array(pos), act], schema=schema)
+    return pa.Table.from_arrays([columns["pos"], act, *(columns[name] for name in schema.names[2:])], schema=schema)
 
 
 def writer_threads(device: str, n_partitions: int) -> int:
@@ -327,9 +366,9 @@ class _BatchWriter:
         self._pool, self._seconds = pool, seconds
         self._pending: list[Future[float]] = []
 
-    def submit(self, pos: np.ndarray, batch: Sequence[tuple[PartitionWriter, Any, int]]) -> None:
+    def submit(self, columns: Mapping[str, pa.Array], batch: Sequence[tuple[PartitionWriter, Any, int]]) -> None:
         self.wait()
-        self._pending = [self._pool.submit(_append, out, pos, values, width) for out, values, width in batch]
+        self._pending = [self._pool.submit(_append, out, columns, values, width) for out, values, width in batch]
 
     def wait(self) -> None:
         start = time.perf_counter()
@@ -342,9 +381,9 @@ class _BatchWriter:
             self._seconds["wait"] += time.perf_counter() - start
 
 
-def _append(out: PartitionWriter, pos: np.ndarray, values: Any, width: int) -> float:
+def _append(out: PartitionWriter, columns: Mapping[str, pa.Array], values: Any, width: int) -> float:
     start = time.perf_counter()
-    out.write(_activation_table(pos, values, width, out.schema))
+    out.write(_activation_table(columns, values, width, out.schema))
     return time.perf_counter() - start
 
 
@@ -358,6 +397,36 @@ def _malloc_trim() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 128 * 1024  # glibc's initial threshold, kept fixed
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's mmap threshold at 128 KiB for this process (glibc; elsewhere nothing).
+
+    glibc raises the threshold to the size of every large block it frees (up to 32 MiB),
+    so after the first batch the forward pass's multi-MB tensors come from the heap and
+    fragment it, beside the writer thread's buffers: peak RSS above the model grew with the
+    tokens extracted (GPT-2-small shape, measured: 434 MB at 5,000 tokens, 503 MB at 20,000).
+    With the threshold fixed, every block of 128 KiB or more is its own mapping, returned
+    when freed: 247 MB at both. Returns whether the setting took.
+    """
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1)
 
 
 def release_free_memory() -> None:
@@ -408,7 +477,8 @@ def extract_activations(
     Complete partitions made with the same config are skipped (the model is not even
     loaded when nothing is missing); ``overwrite`` redoes them. Sequences are wrapped in
     the tokenizer's special tokens (``add_bos``: also a BOS where it puts none, e.g.
-    ``<|endoftext|>`` for GPT-2); only content positions are stored.
+    ``<|endoftext|>`` for GPT-2); their rows are stored flagged ``special`` and left out of
+    every matrix by :meth:`tnb.lake.Lake.read_layer`.
     """
     if batch_size < 1:
         raise ModelError(f"batch_size should be >= 1. Got {batch_size} instead.")
@@ -432,6 +502,10 @@ def extract_activations(
     _, tokenizer = load_tokenizer(spec)
     wrapping, special_tokens, identity = _wrapped_identity(spec, stream, tokenizer, add_bos)
     config = {**identity, "dtype": dtype}
+    if wrapping.prefix or wrapping.suffix:
+        # partitions that hold the special rows; those made before them (content rows only)
+        # are refused as another config, so that a lake never mixes the two for one model
+        config["special_rows"] = True
     inputs = lake.identity(partition_key("tokens", stream=stream))
     # locks held from the check to the publish: a concurrent run waits, then skips what is done
     with lake.locks([k for _, _, k in wanted] + [partition_key("models", model=spec.name)]):
@@ -441,7 +515,8 @@ def extract_activations(
         seconds: dict[str, float] = {}
         if todo:
             seconds = _run_model(
-                lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping, inputs
+                lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping,
+                {token_id: tokenizer.decode([token_id]) for token_id in (*wrapping.prefix, *wrapping.suffix)}, inputs,
             )
         # the models row once its activations exist
         register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite or replace_row)
@@ -460,6 +535,7 @@ def _run_model(
     device: str,
     progress: bool,
     wrapping: Wrapping,
+    special_text: Mapping[int, str],
     inputs: dict[str, str] | None = None,
 ) -> dict[str, float]:
     import torch
@@ -468,6 +544,7 @@ def _run_model(
     tokens = lake.read(partition_key("tokens", stream=stream), columns=["token_id", "seq_id"])
     token_ids = tokens.column("token_id").to_numpy()
     seq_ids = tokens.column("seq_id").to_numpy()
+    special = bool(wrapping.prefix or wrapping.suffix)
     device = pick_device(device)
     seconds = dict.fromkeys(("load", "forward", "convert", "write", "wait", "publish"), 0.0)
     start = time.perf_counter()
@@ -482,11 +559,12 @@ def _run_model(
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
     need_resid = any(site == "resid" for site, _, _ in todo)
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    fix_mmap_threshold()  # large transients as their own mappings: memory flat in the tokens extracted
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with contextlib.ExitStack() as stack:
         writers = {
             (site, layer): stack.enter_context(
-                lake.writer(key, activations_schema(arch.width(site), dtype), config, inputs)
+                lake.writer(key, activations_schema(arch.width(site), dtype, special), config, inputs)
             )
             for site, layer, key in todo
         }
@@ -501,26 +579,28 @@ def _run_model(
         )
         with torch.inference_mode():
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
-                content = wrapping.content(ids.shape[1])
+                columns = _row_columns(pos, seq_ids[pos[:: ids.shape[1]]], wrapping, special_text)
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
                 begin = time.perf_counter()
                 hidden = _forward(model, input_ids, need_resid, spec.name)
                 sync()
                 middle = time.perf_counter()
-                if need_resid and len(hidden) != arch.n_layers + 1:
-                    raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(hidden)}")
+                states: tuple[Any, ...] = hidden or ()
+                if need_resid and len(states) != arch.n_layers + 1:
+                    raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(states)}")
                 batch = []
                 for (site, layer), out in writers.items():
-                    values = hidden[layer] if site == "resid" else captured[mlp_names[layer]]
-                    # special positions are fed, not stored; converted on the device, then copied
-                    values = values[:, content].to(dtype=torch_dtype).to("cpu")
+                    values = states[layer] if site == "resid" else captured[mlp_names[layer]]
+                    # every position fed is stored (special ones flagged); converted on the device, then copied
+                    values = values.to(dtype=torch_dtype).to("cpu")
                     batch.append((out, values, arch.width(site)))
                 hidden = None  # the forward's outputs go now: only the converted copies are kept
+                states = ()
                 captured.clear()
                 end = time.perf_counter()
                 seconds["forward"] += middle - begin
                 seconds["convert"] += end - middle
-                batch_writer.submit(pos, batch)
+                batch_writer.submit(columns, batch)
                 del batch, values
                 release_free_memory()  # the previous batch's copies and this forward's transients are freed now
                 bar.update(len(pos))

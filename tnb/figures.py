@@ -7,8 +7,10 @@ writes it as ``<base>.png`` and ``<base>.svg`` and closes it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -42,7 +44,7 @@ TWIN_SUFFIX = "-untrained"
 PARTS = (("r2_rows", ":", "rows"), ("r2_cols", "-.", "cols"), ("r2_interaction", "-", "interaction"))
 
 
-def _series_name(row: dict, varying: list[str]) -> str:
+def _series_name(row: dict, varying: Sequence[str]) -> str:
     parts = [str(row["model"])]
     parts += [f"{name}={row[name]}" for name in varying]
     return " ".join(parts)
@@ -68,6 +70,11 @@ def _series(curves: pl.DataFrame) -> list[tuple[str, bool, str, pl.DataFrame]]:
     return found
 
 
+def _legend_beside(axis, fontsize: float) -> None:
+    """The panel's legend to its right, outside the plot, so that it hides no curve."""
+    axis.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def emergence_figure(curves: pl.DataFrame) -> Figure:
     """Four panels per depth, each with what it is compared against; an untrained twin dashed beside its model.
 
@@ -84,7 +91,7 @@ def emergence_figure(curves: pl.DataFrame) -> Figure:
     """
     if curves.is_empty():
         raise ValueError("curves is empty: no selected grid points in the metrics table")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8), constrained_layout=True)
     ax_obs, ax_parts, ax_spec, ax_mi = axes.ravel()
     for name, twin, color, part in _series(curves):
         style = {"color": color, "ls": "--" if twin else "-", "marker": "x" if twin else "o", "ms": 4}
@@ -113,7 +120,7 @@ def emergence_figure(curves: pl.DataFrame) -> Figure:
         axis.set_xlim(-0.02, 1.02)
         axis.set_xlabel("depth (layer / n_layers); dashed: untrained twin")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=6, loc="best")
+        _legend_beside(axis, fontsize=6)
     for axis in (ax_obs, ax_parts, ax_spec):
         axis.set_ylim(bottom=0.0)  # start from the baseline: no autoscaled magnification of noise
     return fig
@@ -129,7 +136,7 @@ def topicality_figure(topicality: pl.DataFrame) -> Figure:
     """
     if topicality.is_empty():
         raise ValueError("topicality is empty: no selected grid points")
-    fig, (ax_doc, ax_beyond) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
+    fig, (ax_doc, ax_beyond) = plt.subplots(1, 2, figsize=(15, 4.2), constrained_layout=True)
     for name, twin, color, part in _series(topicality):
         style = {"color": color, "ls": "--" if twin else "-", "marker": "x" if twin else "o", "ms": 4}
         ax_doc.plot(part["depth"], part["ami_doc"], label=f"{name} clusters", **style)
@@ -144,8 +151,8 @@ def topicality_figure(topicality: pl.DataFrame) -> Figure:
         axis.set_xlim(-0.02, 1.02)
         axis.set_xlabel("depth (layer / n_layers); dashed: untrained twin")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    ax_doc.set_ylim(bottom=min(0.0, float(topicality["ami_doc"].min())))
+        _legend_beside(axis, fontsize=7)
+    ax_doc.set_ylim(bottom=min(0.0, float(cast(float, topicality["ami_doc"].min()))))  # a float column's min
     return fig
 
 
@@ -317,13 +324,11 @@ def grid_figure(grid: pl.DataFrame, title: str = "") -> Figure:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
         ax.set_xticks(range(len(col_ks)), [str(k) for k in col_ks])
         ax.set_yticks(range(len(row_ks)), [str(k) for k in row_ks])
-        ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=f"{label} {title}".strip())
+        ax.set(xlabel="col_k (neuron clusters)", ylabel="row_k (token clusters)", title=label)
         fig.colorbar(shown, ax=ax, label=label)
-    fig.suptitle(
-        "* p_layer <= 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
-        "range, so read the numbers",
-        fontsize=8,
-    )
+    note = ("* p_layer <= 0.05 (corrected for the grid); red box: selected point; colours autoscaled to this layer's "
+            "range, so read the numbers")
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
     return fig
 
 
@@ -334,23 +339,42 @@ def null_figure(
     title: str = "",
     null_name: str = "null",
     p_layer: float | None = None,
+    *,
+    z: float | None,
+    p: float | None,
 ) -> Figure:
-    """Histogram of the pipeline's null draws with the observed statistic, the null's 95th percentile, Z and p."""
+    """Histogram of the pipeline's null draws with the observed statistic, the null's 95th percentile, Z and p.
+
+    ``z``, ``p`` and ``p_layer`` are the metrics table's, computed by the pipeline from these
+    same draws (:mod:`tnb.metrics`); the figure shows them and recomputes nothing.
+    """
     null_draws = np.asarray(null_draws, dtype=np.float64)
     if null_draws.size < 2:
         raise ValueError(f"null_draws should hold at least 2 values. Got {null_draws.size} instead.")
-    sd = null_draws.std(ddof=1)
-    z = (observed - null_draws.mean()) / sd if sd > 0 else float("inf")
-    p = (1 + int((null_draws >= observed).sum())) / (1 + null_draws.size)
-    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    z = float("nan") if z is None else z
+    p = float("nan") if p is None else p
+    fig, ax = plt.subplots(figsize=(9.5, 4), constrained_layout=True)
     ax.hist(null_draws, bins=min(50, max(10, null_draws.size // 4)), color="0.6",
             label=f"{null_name} ({null_draws.size} draws)")
     ax.axvline(float(np.quantile(null_draws, 0.95)), color="0.3", ls="--", lw=1, label="null 95th percentile")
     corrected = f", p_layer = {p_layer:.3g}" if p_layer is not None else ""
     ax.axvline(observed, color="red", lw=2, label=f"observed {observed:.4g} (Z = {z:.1f}, p = {p:.3g}{corrected})")
     ax.set(xlabel=statistic, ylabel="null draws", title=title or f"{statistic} against the {null_name} null")
-    ax.legend(fontsize=8)
+    _legend_beside(ax, fontsize=8)
     return fig
+
+
+def _spread(positions: np.ndarray, gap: float) -> np.ndarray:
+    """``positions`` moved as little as this simple pass can so that sorted neighbours are ``gap`` apart."""
+    order = np.argsort(positions, kind="stable")
+    placed = positions[order].astype(float)
+    for index in range(1, placed.size):
+        placed[index] = max(placed[index], placed[index - 1] + gap)
+    if placed.size:  # centre the moved block on the original positions' mean, so it drifts neither way
+        placed += min(0.0, float(positions.mean() - placed.mean()))
+    spread = np.empty_like(placed)
+    spread[order] = placed
+    return spread
 
 
 def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
@@ -395,16 +419,22 @@ def family_flow_figure(families: Families, max_label: int = 40) -> Figure:
                 [row["layer"] + 0.15, row["to_layer"] - 0.15], [start[0], end[0]], color="0.4" if counted else "0.7",
                 ls="-" if counted else ":", alpha=0.6, lw=0.5 + 4 * row["jaccard"] if counted else 0.8,
             )
-        last = part["layer"].max()
+        first, last = cast(int, part["layer"].min()), cast(int, part["layer"].max())  # an integer column's
         named = families.families.filter((pl.col("model") == model) & (pl.col("n_clusters") > 1))
+        labels = []
         for row in named.iter_rows(named=True):
             ends = part.filter((pl.col("family") == row["family"]) & (pl.col("layer") == row["last_layer"]))
             y = float(np.mean([boxes[(row["last_layer"], c)][0] for c in ends["token_cluster"]]))
             label = str(row.get("label") or "")[:max_label]
             flag = " [position]" if row.get("position_artifact") else ""
-            ax.plot([last + 0.3], [y], marker="s", ms=6, color=cmap(order[row["family"]] % 20))
-            ax.text(last + 0.45, y, f"{row['family']} {row['kind']}: {label}{flag}", fontsize=7, va="center")
-        ax.set_xlim(part["layer"].min() - 0.5, last + 3.5)
+            labels.append((y, f"{row['family']} {row['kind']}: {label}{flag}", cmap(order[row["family"]] % 20)))
+        # family names beside the panel, spaced so that none overlaps the next, each joined to its clusters
+        for (y, text, color), label_y in zip(labels, _spread(np.array([y for y, _, _ in labels]), 0.09), strict=True):
+            ax.annotate(
+                text, xy=(last + 0.15, y), xytext=(1.01, label_y), textcoords=("axes fraction", "data"),
+                fontsize=7, va="center", arrowprops={"arrowstyle": "-", "color": color, "lw": 2},
+            )
+        ax.set_xlim(first - 0.5, last + 0.5)  # the axis spans the layers present, no more
         ax.set_xticks(sorted(part["layer"].unique().to_list()))
         ax.set_ylim(-0.02, 1.1)
         ax.set_yticks([])

@@ -21,16 +21,51 @@ the number of threads):
   scikit-learn's in near-ties while the inertia is as good (tests compare it).
 """
 
+# kmeans() follows scikit-learn's KMeans (sklearn/cluster/_kmeans.py: greedy k-means++
+# seeding, the Lloyd loop, its stopping rule and empty-cluster relocation), whose licence
+# is reproduced here as it asks:
+#
+# BSD 3-Clause License
+#
+# Copyright (c) 2007-2026 The scikit-learn developers.
+# All rights reserved.
+#
+# Redistribution and use in source and binary forms, with or without
+# modification, are permitted provided that the following conditions are met:
+#
+# * Redistributions of source code must retain the above copyright notice, this
+#   list of conditions and the following disclaimer.
+#
+# * Redistributions in binary form must reproduce the above copyright notice,
+#   this list of conditions and the following disclaimer in the documentation
+#   and/or other materials provided with the distribution.
+#
+# * Neither the name of the copyright holder nor the names of its
+#   contributors may be used to endorse or promote products derived from
+#   this software without specific prior written permission.
+#
+# THIS SOFTWARE IS PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS"
+# AND ANY EXPRESS OR IMPLIED WARRANTIES, INCLUDING, BUT NOT LIMITED TO, THE
+# IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE ARE
+# DISCLAIMED. IN NO EVENT SHALL THE COPYRIGHT HOLDER OR CONTRIBUTORS BE LIABLE
+# FOR ANY DIRECT, INDIRECT, INCIDENTAL, SPECIAL, EXEMPLARY, OR CONSEQUENTIAL
+# DAMAGES (INCLUDING, BUT NOT LIMITED TO, PROCUREMENT OF SUBSTITUTE GOODS OR
+# SERVICES; LOSS OF USE, DATA, OR PROFITS; OR BUSINESS INTERRUPTION) HOWEVER
+# CAUSED AND ON ANY THEORY OF LIABILITY, WHETHER IN CONTRACT, STRICT LIABILITY,
+# OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT OF THE USE
+# OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
+
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
 
 __all__ = ["kmeans", "kmeans_1d", "wcss_1d"]
 
-_JIT = {"nogil": True, "cache": True}
+_JIT: dict[str, Any] = {"nogil": True, "cache": True}
 
 
 # --------------------------------------------------------------------------
@@ -263,12 +298,14 @@ def _update(features, labels, distances, centers):
     n = features.shape[1]
     sums = np.zeros((k, n_features))
     counts = np.zeros(k, dtype=np.int64)
+    # Points outer, features inner: the features' sums are independent chains (a loop over
+    # one feature at a time stalls on every add into the same cluster's sum); each sum still
+    # adds its points in index order, so the centres are the same to the bit.
     for i in range(n):
-        counts[labels[i]] += 1
-    for f in range(n_features):
-        row = features[f]
-        for i in range(n):
-            sums[labels[i], f] += row[i]
+        label = labels[i]
+        counts[label] += 1
+        for f in range(n_features):
+            sums[label, f] += features[f, i]
     n_empty = 0
     for c in range(k):
         if counts[c] == 0:
@@ -344,10 +381,12 @@ def kmeans(
 
     data = np.asarray(data)
     dtype = np.float32 if data.dtype == np.float32 else np.float64  # float32 data: float32 distances, as scikit-learn
-    features = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
+    features: np.ndarray = np.ascontiguousarray(data.T, dtype=dtype)  # SIMD runs along samples
     n_samples = features.shape[1]
     if not 1 <= n_clusters <= n_samples:
         raise ValueError(f"n_clusters should be in [1, n_samples={n_samples}]. Got {n_clusters} instead.")
+    if n_init < 1:
+        raise ValueError(f"n_init should be >= 1. Got {n_init} instead.")
     rng = check_random_state(random_state)
     n_trials = 2 + int(math.log(n_clusters))
     tol = float(np.mean(np.var(features, axis=1))) * tol
@@ -357,4 +396,5 @@ def kmeans(
         centers, labels, inertia = _lloyd(features, _seed(features, n_clusters, n_trials, draws), max_iter, tol)
         if best is None or inertia < best[2]:
             best = (centers, labels, inertia)
+    assert best is not None  # n_init >= 1 fits were run
     return best

@@ -69,6 +69,7 @@ MANIFEST_FILE = "_manifest.json"
 # open, so a row group of one 16 x 128 batch of a 768-wide vector column (1.6 M values)
 # would hold ~20 MB per open partition; bounded here, ~3 MB, whatever the batch.
 ROW_GROUP_VALUES = 1 << 18
+_READ_CHUNK_ROWS = 4096  # rows reordered at a time when a layer is read out of stored order
 _VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 PartitionValue = str | int
@@ -706,17 +707,52 @@ class Lake:
 
         return pads.dataset(self.root / table, format="parquet", partitioning="hive")
 
-    def read_layer(self, model: str, site: str, layer: int) -> np.ndarray:
-        """One layer's activations as a float32 matrix of shape (n_tokens, n_neurons), rows in ``pos`` order."""
+    def read_layer(self, model: str, site: str, layer: int, include_special: bool = False) -> np.ndarray:
+        """One layer's activations as a float32 matrix of shape (n_tokens, n_neurons), rows in ``pos`` order.
+
+        Rows of special tokens (``special``: a model's ``[CLS]``, ``[SEP]`` or BOS) are left
+        out unless ``include_special`` (see :meth:`read_layer_rows`).
+        """
+        return self.read_layer_rows(model, site, layer, include_special)[0]
+
+    def read_layer_rows(
+        self, model: str, site: str, layer: int, include_special: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One layer's activations and the stream position of each row.
+
+        Returns
+        -------
+        matrix : ndarray of shape (n_rows, n_neurons), float32
+            The content positions in ``pos`` order: the matrix every stage clusters. With
+            ``include_special``, every row the model was fed, in the order it saw them
+            (by ``seq_id``, then ``wrapped_pos``), special tokens included.
+        pos : ndarray of shape (n_rows,), int32
+            ``pos`` of each row; -1 on a special row.
+
+        A partition written before special rows were stored (no ``special`` column) has
+        content rows only, and reads the same.
+        """
         key = partition_key("activations", model=model, site=site, layer=layer)
         table = self.read(key)
         acts = table.column("act").combine_chunks()
         width = acts.type.list_size
-        matrix = acts.values.to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32, copy=False)
-        pos = table.column("pos").to_numpy()
-        if pos.size > 1 and not np.all(pos[1:] > pos[:-1]):
-            matrix = matrix[np.argsort(pos, kind="stable")]
-        return matrix
+        values = acts.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+        pos = table.column("pos").fill_null(-1).to_numpy().astype(np.int32, copy=False)
+        if "special" in table.schema.names and include_special:
+            seq_id, wrapped_pos = (table.column(name).to_numpy() for name in ("seq_id", "wrapped_pos"))
+            order = np.lexsort((wrapped_pos, seq_id))
+        else:
+            if "special" in table.schema.names:
+                content = np.flatnonzero(~table.column("special").to_numpy(zero_copy_only=False))
+                order = content[np.argsort(pos[content], kind="stable")]
+            else:
+                order = np.argsort(pos, kind="stable")
+        if order.size == pos.size and np.array_equal(order, np.arange(pos.size)):
+            return values.astype(np.float32, copy=False), pos
+        matrix = np.empty((order.size, width), dtype=np.float32)
+        for start in range(0, order.size, _READ_CHUNK_ROWS):  # no stored-dtype copy of the whole layer
+            matrix[start : start + _READ_CHUNK_ROWS] = values[order[start : start + _READ_CHUNK_ROWS]]
+        return matrix, pos[order]
 
 
 def tables(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:

@@ -1,4 +1,4 @@
-"""Scores for a biclustering: block-mean R^2, permutation Z, specialization.
+"""Scores for a biclustering: block-mean R^2 (and its two-way split) and the label-shuffle permutation Z.
 
 Everything here works on block sums, never on a reconstructed matrix. With
 ``S[r, c]`` the sum of the entries in token cluster ``r`` and neuron cluster
@@ -21,6 +21,9 @@ into ``n_column_shuffles`` contiguous blocks, one per column shuffle).
 ``n_column_shuffles = n_permutations`` gives fully independent shuffles at
 O(tokens x neurons) each. The pool holds *centred* sums (minus what the
 overall mean gives), so float32 loses nothing that the statistics use.
+
+Neuron specialization lives in :mod:`tnb.specialization`; its functions are
+also importable from here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
+
+from tnb._shared import _CHUNK_ROWS, _as_float32, _compact, _is_count, _onehot, _seed_sequence
+from tnb.specialization import (  # re-exported: they were defined here before tnb.specialization
+    association_specialization,
+    bicluster_specialization,
+    cluster_specialization,
+    neuron_specialization,
+    noise_specialization,
+    specialization_summary,
+)
 
 __all__ = [
     "STATISTICS",
@@ -39,6 +52,7 @@ __all__ = [
     "bicluster_specialization",
     "block_r2",
     "block_sums",
+    "grid_r2_parts",
     "cluster_specialization",
     "mean_block_mean",
     "neuron_specialization",
@@ -56,8 +70,6 @@ __all__ = [
 #: mean of the block means (kept for comparison).
 STATISTICS = ("r2", "mean_block_mean")
 
-# Rows per chunk when a float64 accumulation over the matrix is needed.
-_CHUNK_ROWS = 4096
 # Soft cap on the bytes of the (batch, n_tokens) index arrays a permutation
 # batch holds at once.
 _BATCH_BYTES = 32 * 2**20
@@ -86,7 +98,7 @@ class PermutationResult:
         Number of null draws.
     null : str
         Which null: ``"label_shuffle"`` here; ``"refit"`` for
-        :func:`tnb.bicluster.refit_null`.
+        :func:`tnb.nulls.refit_null`.
     null_values : ndarray of shape (n_permutations,)
         The null statistics themselves.
     """
@@ -100,30 +112,6 @@ class PermutationResult:
     n_permutations: int
     null: str
     null_values: np.ndarray
-
-
-def _compact(labels, n_expected: int, name: str) -> tuple[np.ndarray, int]:
-    """Relabel to 0..k-1 (k = distinct labels) and check the length."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != n_expected:
-        raise ValueError(f"{name} should have shape ({n_expected},). Got {labels.shape} instead.")
-    if labels.dtype.kind not in "iub":
-        raise ValueError(f"{name} should hold integers. Got dtype {labels.dtype} instead.")
-    uniques, inverse = np.unique(labels, return_inverse=True)
-    return inverse.astype(np.intp, copy=False), int(uniques.size)
-
-
-def _as_float32(A) -> np.ndarray:
-    # Local import keeps tnb.metrics importable on its own for the lake readers.
-    from tnb.prepare import check_matrix
-
-    return check_matrix(A)
-
-
-def _onehot(labels: np.ndarray, k: int, dtype=np.float32) -> np.ndarray:
-    out = np.zeros((labels.shape[0], k), dtype=dtype)
-    out[np.arange(labels.shape[0]), labels] = 1
-    return out
 
 
 def _row_cluster_sums(column_sums: np.ndarray, row_labels: np.ndarray, row_k: int) -> np.ndarray:
@@ -144,7 +132,11 @@ def total_sum_of_squares(A) -> tuple[float, float, int]:
     total : float
     n_elements : int
     """
-    array = _as_float32(A)
+    return _moments(_as_float32(A))
+
+
+def _moments(array: np.ndarray) -> tuple[float, float, int]:
+    """:func:`total_sum_of_squares` of a checked float32 matrix."""
     sum_squares = 0.0
     total = 0.0
     for start in range(0, array.shape[0], _CHUNK_ROWS):
@@ -341,7 +333,7 @@ def permutation_test(
     -----
     Labels fitted to the data beat shuffled labels almost always, also on
     pure noise, so this Z measures "better than random labels", not "there is
-    structure"; use :func:`tnb.bicluster.refit_null` for the latter.
+    structure"; use :func:`tnb.nulls.refit_null` for the latter.
     """
     return permutation_tests(
         A,
@@ -352,18 +344,6 @@ def permutation_test(
         random_state=random_state,
         moments=moments,
     )[0]
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _seed_sequence(random_state) -> np.random.SeedSequence:
-    if isinstance(random_state, np.random.SeedSequence):
-        return random_state
-    if isinstance(random_state, np.random.Generator):
-        return np.random.SeedSequence(int(random_state.integers(2**63)))
-    return np.random.SeedSequence(random_state)
 
 
 @dataclass
@@ -448,7 +428,9 @@ def permutation_tests(
     # Pools are built a group of labelings at a time, to bound memory; the row
     # permutations are regenerated from the same seed for every group.
     pool_bytes = [n_column_shuffles * array.shape[0] * state.col_k * 4 for state in states]
-    groups, current, used = [], [], 0
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
     for index, nbytes in enumerate(pool_bytes):
         if current and used + nbytes > _POOL_BYTES:
             groups.append(current)
@@ -531,140 +513,8 @@ def _row_shuffle_null(n_rows, states, outputs, n_permutations, n_column_shuffles
                 output[batch] = evaluate(sums, state.sizes)
 
 
-def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:
-    """1 - H(p)/log(n_outcomes) for each column of a nonnegative mass matrix (outcomes x items)."""
-    totals = mass.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = mass / totals
-        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    entropy = -plogp.sum(axis=0)
-    spec = 1.0 - entropy / np.log(n_outcomes)
-    return np.where(totals > 0, spec, np.nan)
-
-
-def _token_cluster_mass(array: np.ndarray, rows: np.ndarray, row_k: int) -> np.ndarray:
-    """|z| mass of every neuron on every token cluster -> (row_k, n_neurons) float64 (one GEMM)."""
-    return (array.T @ _onehot(rows, row_k)).T.astype(np.float64)
-
-
-def neuron_specialization(A) -> np.ndarray:
-    """Per-neuron specialization ``1 - H(p) / log(n_tokens)``.
-
-    ``p`` is the neuron's |z| mass over tokens (its column of the prepared
-    matrix, normalised to sum 1). 0 means the neuron responds equally to every
-    token, 1 that all its mass is on one token.
-
-    Parameters
-    ----------
-    A : ndarray of shape (n_tokens, n_neurons)
-        Prepared, nonnegative matrix (|z|).
-
-    Returns
-    -------
-    ndarray of shape (n_neurons,), float64
-        NaN for all-zero (constant) columns, which have no mass to spread.
-    """
-    array = _as_float32(A)
-    if array.shape[0] < 2:
-        raise ValueError(f"A should have at least 2 rows (tokens). Got {array.shape[0]} instead.")
-    if (array < 0).any():
-        raise ValueError("A should be nonnegative (prepare it with tnb.prepare.abs_zscore first).")
-    # H = log(s) - (sum a log a) / s with s the column total, accumulated in
-    # float64 over row chunks (no float64 copy of the matrix).
-    totals = np.zeros(array.shape[1])
-    alog = np.zeros(array.shape[1])
-    for start in range(0, array.shape[0], _CHUNK_ROWS):
-        chunk = array[start : start + _CHUNK_ROWS].astype(np.float64)
-        totals += chunk.sum(axis=0)
-        positive = chunk > 0
-        alog += np.where(positive, chunk * np.log(np.where(positive, chunk, 1.0)), 0.0).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = np.log(totals) - alog / totals
-        spec = 1.0 - entropy / np.log(array.shape[0])
-    return np.where(totals > 0, spec, np.nan)
-
-
-def specialization_summary(A) -> tuple[float, float]:
-    """Mean and median neuron specialization of a layer (NaN columns ignored).
-
-    Parameters
-    ----------
-    A : ndarray of shape (n_tokens, n_neurons)
-
-    Returns
-    -------
-    mean, median : float
-        NaN if every column is constant.
-    """
-    spec = neuron_specialization(A)
-    if np.all(np.isnan(spec)):
-        return float("nan"), float("nan")
-    return float(np.nanmean(spec)), float(np.nanmedian(spec))
-
-
-def cluster_specialization(A, row_labels) -> np.ndarray:
-    """Per-neuron specialization over token clusters: ``1 - H(q) / log(row_k)``.
-
-    ``q[r]`` is the share of the neuron's |z| mass that falls on token cluster
-    ``r``, divided by the cluster's share of tokens and renormalised, so that a
-    neuron indifferent to the clusters scores 0 whatever the cluster sizes.
-
-    Parameters
-    ----------
-    A : ndarray of shape (n_tokens, n_neurons)
-    row_labels : ndarray of shape (n_tokens,), int
-
-    Returns
-    -------
-    ndarray of shape (n_neurons,), float64
-        NaN for all-zero columns.
-    """
-    array = _as_float32(A)
-    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
-    if row_k < 2:
-        raise ValueError(f"row_labels should name at least 2 clusters. Got {row_k} instead.")
-    mass = _token_cluster_mass(array, rows, row_k)
-    cluster_share = np.bincount(rows, minlength=row_k) / rows.size
-    return _entropy_specialization(mass / cluster_share[:, None], row_k)
-
-
-def bicluster_specialization(A, row_labels, col_labels) -> np.ndarray:
-    """Per-bicluster specialization: how much of its neurons' mass a block holds.
-
-    For block ``(r, c)``: the mean, over the neurons of cluster ``c``, of the
-    share of each neuron's |z| mass that falls on token cluster ``r``, divided
-    by token cluster ``r``'s share of tokens. 1 means the block gets exactly its
-    fair share; above 1, the neurons of ``c`` concentrate on the tokens of ``r``.
-
-    Parameters
-    ----------
-    A : ndarray of shape (n_tokens, n_neurons)
-    row_labels : ndarray of shape (n_tokens,), int
-    col_labels : ndarray of shape (n_neurons,), int
-
-    Returns
-    -------
-    ndarray of shape (row_k, col_k), float64
-    """
-    array = _as_float32(A)
-    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
-    cols, col_k = _compact(col_labels, array.shape[1], "col_labels")
-    mass = _token_cluster_mass(array, rows, row_k)
-    totals = mass.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(totals > 0, mass / totals, np.nan)
-    lift = share / (np.bincount(rows, minlength=row_k) / rows.size)[:, None]
-    out = np.full((row_k, col_k), np.nan)
-    valid = ~np.isnan(lift[0])
-    sums = np.zeros((row_k, col_k))
-    np.add.at(sums.T, cols[valid], lift[:, valid].T)
-    n_valid = np.bincount(cols[valid], minlength=col_k)
-    np.divide(sums, n_valid, out=out, where=n_valid > 0)
-    return out
-
-
 # --------------------------------------------------------------------------
-# The two-way split of block-mean R^2, and association-based specialization
+# The two-way split of block-mean R^2
 # --------------------------------------------------------------------------
 
 #: Names of the parts of R^2 = r2_rows + r2_cols + r2_interaction.
@@ -729,70 +579,55 @@ def r2_parts_stack(sums: np.ndarray, sizes: np.ndarray, *, total: float, sum_squ
     return np.vstack([parts.sum(axis=0, keepdims=True), parts])
 
 
-def _kl_from_sizes(mass: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """KL(p_j || share) for every column j of a (k, n_neurons) mass matrix, p_j = mass_j / sum."""
-    totals = mass.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = mass / totals
-        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / share[:, np.newaxis]), 0.0)
-    return np.where(totals > 0, terms.sum(axis=0), np.nan)
+def grid_r2_parts(A, labelings) -> list[dict[str, float]]:
+    """:func:`r2_parts_from_sums` of several labelings of one matrix, reading the matrix once.
 
-
-def association_specialization(A, row_labels, *, n_shuffles: int = 10, random_state=None) -> np.ndarray:
-    """Per-neuron specialization that depends on *which* tokens a neuron prefers.
-
-    ``p_j[r]`` is the share of neuron ``j``'s activation mass (its column of
-    the prepared, nonnegative matrix) on token cluster ``r``; ``pi[r]`` the
-    same share for all neurons together. ``KL(p_j || pi)`` is neuron ``j``'s
-    term of the mutual information between neuron and token cluster (one unit
-    of mass drawn at random): 0 when the neuron spreads over the clusters as
-    the layer as a whole does, so loud tokens that every neuron responds to
-    do not count. Shuffled labels give a positive value too (finite samples),
-    so its mean over ``n_shuffles`` label shuffles is subtracted. Unlike the
-    study's ``1 - H/log T``, it changes when a neuron's values are permuted
-    across tokens (it falls to ~0).
+    The token-cluster indicator matrices of all labelings are stacked
+    (n_tokens x sum(row_k)), so ``A.T @ stacked`` is ONE GEMM over the
+    matrix; each labeling's neuron clusters then reduce a (row_k x n_neurons)
+    slice. A grid search scores all its points (and every null draw's) this way.
 
     Parameters
     ----------
-    A : ndarray of shape (n_tokens, n_neurons), nonnegative
-    row_labels : ndarray of shape (n_tokens,), int
-    n_shuffles : int, default=10
-    random_state : int, SeedSequence or None
+    A : ndarray of shape (n_tokens, n_neurons)
+    labelings : sequence of (row_labels, col_labels)
 
     Returns
     -------
-    ndarray of shape (n_neurons,), float64 (nats; NaN for all-zero columns)
+    list of dict
+        One per labeling, in order: ``r2, r2_rows, r2_cols, r2_interaction``
+        (float) and ``n_blocks`` (int, the non-empty blocks).
     """
     array = _as_float32(A)
-    if not _is_count(n_shuffles) or n_shuffles < 1:
-        raise ValueError(f"n_shuffles should be an int >= 1. Got {n_shuffles!r} instead.")
-    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
-
-    def kl(labels: np.ndarray) -> np.ndarray:
-        mass = _token_cluster_mass(array, labels, row_k)
-        overall = mass.sum(axis=1)
-        share = overall / overall.sum() if overall.sum() > 0 else np.full(row_k, 1.0 / row_k)
-        return _kl_from_sizes(mass, share)
-
-    observed = kl(rows)
-    rng = np.random.default_rng(_seed_sequence(random_state))
-    expected = np.zeros_like(observed)
-    for _ in range(n_shuffles):  # a few GEMMs, not a loop over elements
-        expected += kl(rng.permutation(rows))
-    return observed - expected / n_shuffles
+    sum_squares, total, n_elements = _moments(array)
+    out = []
+    for sums, sizes in _grid_block_sums(array, labelings):
+        parts: dict[str, float] = r2_parts_from_sums(
+            sums, sizes, total=total, sum_squares=sum_squares, n_elements=n_elements
+        )
+        parts["n_blocks"] = int(np.count_nonzero(sizes))
+        out.append(parts)
+    return out
 
 
-def noise_specialization(shape: tuple[int, int], *, signed: bool = False, random_state=None) -> float:
-    """The study's mean specialization ``1 - H/log T`` of Gaussian noise of ``shape``, prepared like data.
-
-    The baseline ``spec_mean`` must be read against: it falls with the number
-    of tokens, and noise already reaches the range real layers show.
-    """
-    from tnb.prepare import prepare
-
-    rng = np.random.default_rng(_seed_sequence(random_state))
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    prepared = prepare(noise, input="signed" if signed else "abs").matrix
-    if signed:
-        prepared = np.abs(prepared)
-    return specialization_summary(prepared)[0]
+def _grid_block_sums(array: np.ndarray, labelings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(sums, sizes) of every labeling from one GEMM over the (checked, float32) matrix."""
+    rows = []
+    for row_labels, col_labels in labelings:
+        rows.append((_compact(row_labels, array.shape[0], "row_labels"), _compact(col_labels, array.shape[1], "col_labels")))
+    widths = [k for (_, k), _ in rows]
+    stacked = np.zeros((array.shape[0], sum(widths)), dtype=np.float32)
+    offset = 0
+    for (labels, k), _ in rows:
+        stacked[np.arange(array.shape[0]), offset + labels] = 1
+        offset += k
+    cluster_rows = (array.T @ stacked).T.astype(np.float64)  # (sum row_k, n_neurons)
+    out = []
+    offset = 0
+    for (row_labels, row_k), (col_labels, col_k) in rows:
+        block = cluster_rows[offset : offset + row_k]
+        offset += row_k
+        sums = block @ _onehot(col_labels, col_k, np.float64)
+        sizes = np.outer(np.bincount(row_labels, minlength=row_k), np.bincount(col_labels, minlength=col_k))
+        out.append((sums, sizes.astype(np.float64)))
+    return out

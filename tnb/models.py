@@ -233,8 +233,9 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
 
 def model_record(spec: ModelSpec) -> dict[str, Any]:
     """What the ``models`` table says about where the weights came from."""
-    from_gguf = bool(spec.gguf_file) and spec.trained  # a twin reads no weights from the file
-    quantization = gguf_metadata(Path(spec.source) / spec.gguf_file)["quantization"] if from_gguf else None
+    gguf_file = spec.gguf_file if spec.trained else None  # a twin reads no weights from the file
+    from_gguf = bool(gguf_file)
+    quantization = gguf_metadata(Path(spec.source) / gguf_file)["quantization"] if gguf_file else None
     return {
         "quantization": quantization,
         "dequantized": from_gguf,

@@ -212,7 +212,7 @@ def prepare(A, input: str = "abs") -> PreparedMatrix:
         responses of either sign count alike. ``"signed"``: ``z``
         (:func:`zscore`): keeps the sign, so a block where neurons go up and
         one where they go down differ (it recovered planted blocks at weaker
-        signal in our measurements; see the README).
+        signal in our measurements; see the calibration table in bench/README.md).
 
     Returns
     -------

@@ -11,7 +11,12 @@ Every lake table is registered under its own name (``tokens``, ``models``, ``lab
     ``x' OR '1'='1`` is just a string that matches no model.
 ``activation_cells``
     One layer's activations in long form (``pos, neuron, value``), for the partition named
-    by ``params.model/site/layer``; registered only when a statement mentions it.
+    by ``params.model/site/layer``; content positions only (no special tokens); registered
+    only when a statement mentions it.
+``special_positions``
+    Where each model was fed special tokens (``[CLS]``, ``[SEP]``, a BOS): ``model, stream,
+    seq_id, wrapped_pos, token_id, token`` (:func:`special_positions`); registered only when
+    a statement mentions it.
 ``topicality``
     Every layer's selected token clusters scored against the document and the token id
     (:func:`tnb.topicality.lake_topicality`, every drop_first); computed only when a
@@ -172,6 +177,8 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
     if lake.manifest(key) is None:
         raise QueryError(f"partition {key} is not in the lake at {lake.root}; extract it first")
     frame = pl.scan_parquet(lake.partition_dir(key) / DATA_FILE)
+    if "special" in frame.collect_schema().names():  # rows of special tokens have no pos: not content
+        frame = frame.filter(~pl.col("special"))
     return (
         frame.with_columns(
             neuron=pl.int_ranges(0, pl.col("act").arr.len(), dtype=pl.Int64),
@@ -180,6 +187,43 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
         .explode(["neuron", "value"])
         .select(pl.col("pos").cast(pl.Int64), "neuron", pl.col("value").cast(pl.Float64))
     )
+
+
+_SPECIAL_SCHEMA: dict[str, Any] = {
+    "model": pl.String, "stream": pl.String, "seq_id": pl.Int32, "wrapped_pos": pl.Int32,
+    "token_id": pl.Int32, "token": pl.String,
+}
+
+
+def special_positions(lake: Lake | str | os.PathLike[str]) -> pl.LazyFrame:
+    """Where each model was fed special tokens, one row per special position of every sequence.
+
+    Returns
+    -------
+    LazyFrame with columns ``model, stream, seq_id, wrapped_pos, token_id, token``
+        ``wrapped_pos`` is the position in the wrapped sequence the model saw (a content
+        token of ``seq_pos`` p sits at ``p`` plus the number of leading special tokens).
+        Read from the first activations partition of each model that stores special rows
+        (a model's partitions share one wrapping); a model fed none (GPT-2 as the study
+        ran it) or extracted before they were stored has no rows.
+    """
+    lake = lake if isinstance(lake, Lake) else Lake(lake, read_only=True)
+    frames, done = [], set()
+    for key in lake.partitions("activations"):
+        model = str(key.as_dict()["model"])
+        if model in done:
+            continue
+        scan = pl.scan_parquet(lake.partition_dir(key) / DATA_FILE)
+        if "special" not in scan.collect_schema().names():
+            continue
+        done.add(model)
+        frames.append(
+            scan.filter(pl.col("special")).select(pl.lit(model).alias("model"), "seq_id", "wrapped_pos", "token_id", "token")
+        )
+    if not frames:
+        return pl.DataFrame(schema=_SPECIAL_SCHEMA).lazy()
+    streams = _scan(lake, "models").select("model", "stream")
+    return pl.concat(frames).join(streams, on="model", how="left").select(*_SPECIAL_SCHEMA).cast(pl.Schema(_SPECIAL_SCHEMA))
 
 
 def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[str, Any] | None = None) -> pl.SQLContext:
@@ -194,6 +238,8 @@ def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[
         if missing:
             raise QueryError(f"this query reads activations; give --param for {', '.join(missing)}")
         frames["activation_cells"] = activation_cells(lake, row["model"], row["site"], row["layer"])
+    if re.search(r"\bspecial_positions\b", sql, re.IGNORECASE):
+        frames["special_positions"] = special_positions(lake)
     if re.search(r"\btopicality\b", sql, re.IGNORECASE):
         from tnb.topicality import lake_topicality  # it reads the lake through this module
 
@@ -217,7 +263,7 @@ def check_lake_only(sql: str) -> None:
     if found:
         raise QueryError(
             f"--lake-only: the statement calls {found.group(1)}(), which reads files or URLs outside the lake; "
-            f"only the tables {', '.join((*LAKE_TABLES, 'params', 'activation_cells', 'topicality'))} may be read"
+            f"only the tables {', '.join((*LAKE_TABLES, 'params', 'activation_cells', 'special_positions', 'topicality'))} may be read"
         )
 
 

@@ -1,9 +1,11 @@
 """The report: figures, the metrics table, each layer's clusters and the families, as HTML and Markdown.
 
 ``write_report(lake_root, out_dir)`` writes ``out_dir/index.html`` and ``out_dir/report.md``
-with the figures beside them in ``out_dir/figures/`` (PNG shown, SVG linked). The HTML has
-no external resources: inline CSS, local images, and a few lines of script that record
-whether each figure loaded (``#image-check``), which the browser test reads.
+with the figures beside them in ``out_dir/figures/`` (PNG shown, SVG linked). Both come
+from one context of plain dicts, lists and strings (:class:`_Context`), rendered by the
+Jinja2 templates ``tnb/templates/report.html.j2`` and ``report.md.j2``. The HTML has no
+external resources and no script: inline CSS and local images; its tables wrap long
+cells, so they fit the page.
 
 The report leads with a verdict per layer (significant against the pipeline's own null?
 stable across seeds? beyond the untrained twin?), and every figure and table says what it
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import polars as pl
 
@@ -63,16 +66,14 @@ class Report:
 # ----------------------------------------------------------------------------- lake reads
 def _layer_matrix(lake: Lake, model: str, site: str, layer: int, method: str, drop_first: int, row_k: int, col_k: int):
     """(matrix, token labels, neuron labels) of one layer's grid point, rows = labelled positions."""
-    keys = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first}
+    keys: dict[str, str | int] = {"model": model, "site": site, "layer": layer, "method": method, "drop_first": drop_first}
     labels = pl.from_arrow(lake.read(partition_key("labels", **keys)))
     assert isinstance(labels, pl.DataFrame)
     labels = labels.filter((pl.col("row_k") == row_k) & (pl.col("col_k") == col_k))
     tokens = labels.filter(pl.col("axis") == "token").sort("index")
     neurons = labels.filter(pl.col("axis") == "neuron").sort("index")
-    activations = lake.read(partition_key("activations", model=model, site=site, layer=layer), columns=["pos"])
-    stored_pos = activations.column("pos").to_numpy()
-    matrix = lake.read_layer(model, site, layer)  # rows in pos order
-    sorted_pos, wanted = np.sort(stored_pos), tokens["index"].to_numpy()
+    matrix, sorted_pos = lake.read_layer_rows(model, site, layer)  # content rows, in pos order
+    wanted = tokens["index"].to_numpy()
     rows = np.searchsorted(sorted_pos, wanted)
     if rows.size and (rows.max() >= sorted_pos.size or not np.array_equal(sorted_pos[rows], wanted)):
         raise ReportError(f"labels of {model}/{site}/{layer} name positions missing from its activations; re-run bicluster")
@@ -138,6 +139,8 @@ def keyword_in_context(
 
 
 # ----------------------------------------------------------------------------- rendering
+# One context (plain dicts, lists and strings) rendered by two templates: report.html.j2
+# (autoescaped) and report.md.j2 (text from the data through the ``md`` filter).
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -146,121 +149,90 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _html_table(frame: pl.DataFrame, caption: str = "") -> str:
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in frame.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(value))}</td>" for value in row) + "</tr>" for row in frame.rows()
-    )
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _md_text(text: str) -> str:
     """Text from the data (token text, names) as Markdown that renders it, never as HTML markup."""
     return html.escape(text, quote=False).replace("|", "\\|")
-
-
-def _md_table(frame: pl.DataFrame) -> str:
-    def cell(value: object) -> str:
-        return _md_text(_fmt(value)).replace("\n", " ")
-
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.rows()]
-    return "\n".join(lines)
 
 
 def _token_text(token: str) -> str:
     return token.replace("\n", "\\n")
 
 
-class _Document:
-    """Collects the report once and renders it as HTML and Markdown."""
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("tnb", "templates"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_TEMPLATES.filters.update(
+    md=_md_text, md_cell=lambda cell: _md_text(cell).replace("\n", " "), token_text=_token_text
+)
+
+
+def _table_block(frame: pl.DataFrame, caption: str = "") -> dict:
+    """A table for the templates: column names and rows of display strings."""
+    return {
+        "kind": "table",
+        "caption": caption,
+        "columns": list(frame.columns),
+        "rows": [[_fmt(value) for value in row] for row in frame.rows()],
+    }
+
+
+def markdown_table(frame: pl.DataFrame, caption: str = "") -> str:
+    """A frame as a Markdown table, as the report writes it (token text escaped, floats to 4 digits)."""
+    return str(_TEMPLATES.get_template("markdown.j2").module.table(_table_block(frame, caption)))  # type: ignore[attr-defined]
+
+
+class _Context:
+    """Collects the report's content once, as the context both templates render.
+
+    ``blocks`` come before the first section; each section is ``{"title", "blocks"}``.
+    A block is a dict with a ``kind``: paragraph, heading (level 3), figure, table or
+    clusters (one layer's token clusters, with keyword-in-context snippets).
+    """
 
     def __init__(self, title: str):
         self.title = title
-        self.html: list[str] = []
-        self.md: list[str] = [f"# {title}", ""]
-        self.sections: dict[str, str] = {}
-        self._section: str | None = None
+        self.blocks: list[dict] = []
+        self.sections: list[dict] = []
+
+    def _add(self, block: dict) -> None:
+        (self.sections[-1]["blocks"] if self.sections else self.blocks).append(block)
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-        self.md += [f"{'#' * level} {text}", ""]
         if level == 2:
-            self._section = text
-            self.sections[text] = ""
-        elif self._section is not None:
-            self.sections[self._section] += f"{'#' * level} {text}\n\n"
-
-    def _md(self, text: str) -> None:
-        self.md += [text, ""]
-        if self._section is not None:
-            self.sections[self._section] += text + "\n\n"
+            self.sections.append({"title": text, "blocks": []})
+        else:
+            self._add({"kind": "heading", "text": text})
 
     def paragraph(self, text: str) -> None:
-        self.html.append(f"<p>{html.escape(text)}</p>")
-        self._md(text)
+        self._add({"kind": "paragraph", "text": text})
 
     def figure(self, paths: list[Path], out_dir: Path, caption: str) -> None:
         png, svg = (path.relative_to(out_dir).as_posix() for path in paths)
-        self.html.append(
-            f'<figure><img src="{html.escape(png)}" alt="{html.escape(caption)}">'
-            f'<figcaption>{html.escape(caption)} (<a href="{html.escape(svg)}">SVG</a>)</figcaption></figure>'
-        )
-        self._md(f"![{caption}]({png})\n\n*{caption}* ([SVG]({svg}))")
+        self._add({"kind": "figure", "png": png, "svg": svg, "caption": caption})
 
     def table(self, frame: pl.DataFrame, caption: str = "") -> None:
-        self.html.append(_html_table(frame, caption))
-        self._md((f"*{caption}*\n\n" if caption else "") + _md_table(frame))
+        self._add(_table_block(frame, caption))
 
-    def raw(self, html_text: str, md_text: str) -> None:
-        self.html.append(html_text)
-        self._md(md_text)
+    def clusters(self, title: str, rows: list[dict]) -> None:
+        self._add({"kind": "clusters", "title": title, "rows": rows})
+
+    def context(self) -> dict:
+        return {"title": self.title, "blocks": self.blocks, "sections": self.sections}
 
     def render_html(self) -> str:
-        return _PAGE.format(title=html.escape(self.title), body="\n".join(self.html))
+        return _TEMPLATES.get_template("report.html.j2").render(self.context())
 
     def render_md(self) -> str:
-        return "\n".join(self.md).rstrip() + "\n"
+        return _TEMPLATES.get_template("report.md.j2").render(self.context()).rstrip() + "\n"
 
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }}
-th, td {{ border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }}
-th {{ background: #f3f3f3; }}
-caption {{ text-align: left; font-style: italic; padding: 2px; }}
-figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
-code, .kw {{ white-space: pre; font-family: ui-monospace, monospace; }}
-.kw b {{ background: #ffe48a; }} .flag {{ color: #b00; font-weight: bold; }}
-details {{ margin: 0.4em 0; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<p id="image-check" data-loaded="" data-total="">figures not checked yet</p>
-{body}
-<script>
-window.addEventListener("load", function () {{
-  var images = document.images, loaded = 0;
-  for (var i = 0; i < images.length; i++) {{
-    images[i].setAttribute("data-natural-width", images[i].naturalWidth);
-    if (images[i].complete && images[i].naturalWidth > 0) loaded++;
-  }}
-  var check = document.getElementById("image-check");
-  check.setAttribute("data-loaded", loaded);
-  check.setAttribute("data-total", images.length);
-  check.textContent = loaded + " of " + images.length + " figures loaded";
-}});
-</script>
-</body>
-</html>
-"""
+    def section_texts(self) -> dict[str, str]:
+        """Markdown text of each section's body, by section title."""
+        body = _TEMPLATES.get_template("markdown.j2").module.section_body  # type: ignore[attr-defined]
+        return {section["title"]: str(body(section)) for section in self.sections}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -367,7 +339,7 @@ def write_report(
     trained = curves.filter(~pl.col("is_twin"))
     verdicts = run_query(lake, "verdicts", {**base, "drop_first": drop_first})
     verdicts = verdicts.with_columns(verdict=pl.Series([verdict_text(row) for row in verdicts.iter_rows(named=True)], dtype=pl.String))
-    doc = _Document("tnb report: token-neuron biclusters")
+    doc = _Context("tnb report: token-neuron biclusters")
     figures: list[Path] = []
     twins = sorted(set(curves.filter(pl.col("is_twin"))["model"]))
     doc.paragraph(
@@ -500,11 +472,11 @@ def write_report(
         verdicts=verdicts,
         topicality=topicality,
         family_counts=pl.concat(count_tables, how="diagonal") if count_tables else pl.DataFrame(),
-        sections=dict(doc.sections),
+        sections=doc.section_texts(),
     )
 
 
-def _verdict_section(doc: _Document, verdicts: pl.DataFrame, curves: pl.DataFrame, counts: pl.DataFrame) -> None:
+def _verdict_section(doc: _Context, verdicts: pl.DataFrame, curves: pl.DataFrame, counts: pl.DataFrame) -> None:
     first = curves.row(0, named=True)
     if verdicts.is_empty() or not verdicts["significant"].any():
         doc.paragraph(
@@ -551,7 +523,7 @@ def _layers(layers: list[int]) -> str:
 
 
 def _topicality_section(
-    doc: _Document, lake: Lake, out: Path, figures_dir: Path, figures: list[Path], curves: pl.DataFrame,
+    doc: _Context, lake: Lake, out: Path, figures_dir: Path, figures: list[Path], curves: pl.DataFrame,
     site: str | None, method: str | None, drop_first: int,
 ) -> pl.DataFrame:
     doc.heading("Topicality beyond token identity")
@@ -614,7 +586,7 @@ def _drop_first_comparison(curves_all: pl.DataFrame, artifacts: pl.DataFrame) ->
 
 
 def _layer_figures(
-    doc: _Document, lake: Lake, out: Path, figures_dir: Path, row: dict, status: str, spread: pl.DataFrame
+    doc: _Context, lake: Lake, out: Path, figures_dir: Path, row: dict, status: str, spread: pl.DataFrame
 ) -> list[Path]:
     model, site, layer, method, drop = row["model"], row["site"], row["layer"], row["method"], row["drop_first"]
     name = f"{model}_{site}_{layer}"
@@ -645,6 +617,7 @@ def _layer_figures(
         fig = null_figure(
             null_draws, float(row["observed"]), str(row["statistic"]), f"{title}: {row['statistic']} against its null",
             str(row["null"]), None if row["p_layer"] is None else float(row["p_layer"]),
+            z=None if row["z"] is None else float(row["z"]), p=None if row["p"] is None else float(row["p"]),
         )
         fig_paths = save_figure(fig, figures_dir / f"null_{name}")
         doc.figure(
@@ -679,7 +652,7 @@ def _layer_figures(
 
 
 def _cluster_sections(
-    doc: _Document, curves: pl.DataFrame, top_tokens: pl.DataFrame, spread: pl.DataFrame, snippets: pl.DataFrame
+    doc: _Context, curves: pl.DataFrame, top_tokens: pl.DataFrame, spread: pl.DataFrame, snippets: pl.DataFrame
 ) -> None:
     keys = ["model", "site", "method", "layer"]
     for layer_row in curves.sort(keys).iter_rows(named=True):
@@ -688,46 +661,30 @@ def _cluster_sections(
         layer_top = top_tokens.filter(select)
         layer_snips = snippets.filter(select) if not snippets.is_empty() else snippets
         title = f"{layer_row['model']} {layer_row['site']} layer {layer_row['layer']} ({layer_row['method']})"
-        html_rows, md_rows = [], []
+        rows = []
         for cluster in layer_spread.iter_rows(named=True):
             number = cluster["token_cluster"]
             tops = layer_top.filter(pl.col("token_cluster") == number)
-            top_text = ", ".join(
-                f"{_token_text(t)!r} ×{c} (shrunk lift {lift:.3g})"
-                for t, c, lift in zip(tops["token"], tops["count"], tops["lift_shrunk"], strict=True)
-            )
             snips = (
                 layer_snips.filter(pl.col("token_cluster") == number) if not layer_snips.is_empty() else layer_snips
             )
-            flag = "position artifact" if cluster["position_artifact"] else ""
-            kwic_html = "<br>".join(
-                f'<span class="kw">…{html.escape(_token_text(s["left"]))}<b>{html.escape(_token_text(s["keyword"]))}</b>'
-                f'{html.escape(_token_text(s["right"]))}…</span>'
-                for s in snips.iter_rows(named=True)
-            )
-            kwic_md = " / ".join(
-                f"…{_token_text(s['left'])}{' ' if s['keyword'][:1].isspace() else ''}"
-                f"**{_token_text(s['keyword']).strip() or '␣'}**{_token_text(s['right'])}…"
-                for s in snips.iter_rows(named=True)
-            )
-            spread_text = (
-                f"{cluster['n_tokens']} tokens, {cluster['n_docs']} docs (top doc {cluster['top_doc_share']:.0%}), "
-                f"top seq_pos {cluster['top_seq_pos']} ({cluster['top_seq_pos_share']:.0%})"
-            )
-            html_rows.append(
-                f"<tr><td>{number}</td><td>{html.escape(spread_text)}</td><td class=\"flag\">{flag}</td>"
-                f"<td><code>{html.escape(top_text)}</code></td><td>{kwic_html}</td></tr>"
-            )
-            md_rows.append(
-                f"| {number} | {spread_text} | {flag} | {_md_text(top_text)} | {_md_text(kwic_md)} |"
-            )
-        header = "<tr><th>cluster</th><th>spread</th><th>flag</th><th>top tokens by shrunk lift</th><th>in context</th></tr>"
-        doc.raw(
-            f"<details><summary>{html.escape(title)}</summary><table><thead>{header}</thead>"
-            f"<tbody>{''.join(html_rows)}</tbody></table></details>",
-            f"**{title}**\n\n| cluster | spread | flag | top tokens by shrunk lift | in context |\n|---|---|---|---|---|\n"
-            + "\n".join(md_rows),
-        )
+            rows.append({
+                "cluster": number,
+                "spread": (
+                    f"{cluster['n_tokens']} tokens, {cluster['n_docs']} docs (top doc {cluster['top_doc_share']:.0%}), "
+                    f"top seq_pos {cluster['top_seq_pos']} ({cluster['top_seq_pos_share']:.0%})"
+                ),
+                "flag": "position artifact" if cluster["position_artifact"] else "",
+                "top_tokens": ", ".join(
+                    f"{_token_text(t)!r} ×{c} (shrunk lift {lift:.3g})"
+                    for t, c, lift in zip(tops["token"], tops["count"], tops["lift_shrunk"], strict=True)
+                ),
+                # raw token text: each template marks the keyword up its own way
+                "snippets": [
+                    {"left": s["left"], "keyword": s["keyword"], "right": s["right"]} for s in snips.iter_rows(named=True)
+                ],
+            })
+        doc.clusters(title, rows)
 
 
 def _family_table(found: Families) -> pl.DataFrame:

@@ -9,13 +9,15 @@ Single-threaded, so the result does not depend on the number of threads.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
 __all__ = ["scaled", "scaling_pass"]
 
 # Reassociating the row sums lets them vectorize; the order is fixed by the compiled code, not by threads.
-_JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract"}}
+_JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract"}}
 
 
 @numba.njit(**_JIT)

@@ -30,8 +30,8 @@ MODELS = pa.schema(
         ("n_layers", pa.int32()),  # transformer blocks; resid layers are 0..n_layers
         ("d_resid", pa.int32()),
         ("d_mlp", pa.int32()),
-        # how each sequence was wrapped for the model, e.g. "[CLS] {content} [SEP]"; the
-        # special positions are fed to the model but never stored (content positions only)
+        # how each sequence was wrapped for the model, e.g. "[CLS] {content} [SEP]"; the special
+        # positions' activations are stored as rows flagged ``special`` (see activations_schema)
         ("special_tokens", pa.string()),
         ("quantization", pa.string()),  # GGUF quantisation (e.g. "Q4_1"); null for float checkpoints
         ("dequantized", pa.bool_()),  # weights were dequantised to float32 on load
@@ -107,7 +107,19 @@ FIXED_SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-def activations_schema(width: int, dtype: str = "float16") -> pa.Schema:
+#: Columns an activations partition of a model with special tokens adds after ``pos`` and ``act``.
+SPECIAL_COLUMNS = pa.schema(
+    [
+        ("special", pa.bool_()),  # the row is a special token the model was fed ([CLS], [SEP], BOS), not content
+        ("seq_id", pa.int32()),  # the sequence the row belongs to (as in the tokens table)
+        ("wrapped_pos", pa.int32()),  # position in the wrapped sequence the model saw (content: seq_pos + prefix)
+        ("token_id", pa.int32()),  # the special token's id; null on content rows (join tokens on pos)
+        ("token", pa.string()),  # its readable text, e.g. "[CLS]"; null on content rows
+    ]
+)
+
+
+def activations_schema(width: int, dtype: str = "float16", special: bool = False) -> pa.Schema:
     """Schema of one activations partition: ``pos`` and a fixed-size list ``act``.
 
     Parameters
@@ -115,13 +127,18 @@ def activations_schema(width: int, dtype: str = "float16") -> pa.Schema:
     width : int
         Number of neurons (d_model for ``resid``, 4 x d_model for ``mlp``).
     dtype : {"float16", "float32"}
+    special : bool
+        The model was fed special tokens: the partition also holds their rows (``pos`` is
+        null there) and the :data:`SPECIAL_COLUMNS` that mark them. A model fed none (GPT-2
+        as the study ran it) has content rows only and no such columns.
     """
     value_type = {"float16": pa.float16(), "float32": pa.float32()}.get(dtype)
     if value_type is None:
         raise ValueError(f"dtype should be 'float16' or 'float32'. Got {dtype!r} instead.")
     if width < 1:
         raise ValueError(f"width should be >= 1. Got {width} instead.")
-    return pa.schema([("pos", pa.int32()), ("act", pa.list_(value_type, width))])
+    base = [pa.field("pos", pa.int32()), pa.field("act", pa.list_(value_type, width))]
+    return pa.schema(base + (list(SPECIAL_COLUMNS) if special else []))
 
 
 def expected_schema(table: str, actual: pa.Schema) -> pa.Schema:
@@ -130,5 +147,6 @@ def expected_schema(table: str, actual: pa.Schema) -> pa.Schema:
         act = actual.field("act").type if "act" in actual.names else None
         if not (isinstance(act, pa.FixedSizeListType) and act.value_type in (pa.float16(), pa.float32())):
             return activations_schema(1)  # shape of what is expected, for the error message
-        return activations_schema(act.list_size, "float16" if act.value_type == pa.float16() else "float32")
+        dtype = "float16" if act.value_type == pa.float16() else "float32"
+        return activations_schema(act.list_size, dtype, special="special" in actual.names)
     return FIXED_SCHEMAS[table]

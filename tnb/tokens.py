@@ -49,7 +49,7 @@ def gpt2_tokenizer() -> PreTrainedTokenizerBase:
     ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently ignores its files in
     transformers 5, so the directory is loaded with ``from_pretrained``.
     """
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # transformers' lazy module hides it from mypy
 
     tokenizer = GPT2TokenizerFast.from_pretrained(str(gpt2_tokenizer_dir()), local_files_only=True)
     assert len(tokenizer) == 50_257 and tokenizer.eos_token_id == 50_256, (
@@ -189,8 +189,9 @@ class Wrapping:
     """Special tokens put around every sequence, as the model's tokenizer puts them.
 
     The stream holds content positions only, identical for every model with the same
-    tokenizer; the wrapping is added at extraction time and its positions are fed to the
-    model but not stored, so they never enter a tokens x neurons matrix.
+    tokenizer; the wrapping is added at extraction time. Its positions' activations are
+    stored as rows flagged ``special`` (see :func:`tnb.schemas.activations_schema`), which
+    no tokens x neurons matrix holds unless asked (:meth:`tnb.lake.Lake.read_layer`).
     """
 
     prefix: tuple[int, ...]  # e.g. (101,) = [CLS] for BERT, (bos,) for a Llama tokenizer
@@ -206,6 +207,16 @@ class Wrapping:
     def content(self, seq_len: int) -> slice:
         """Where the content positions sit in a wrapped sequence of ``seq_len`` content tokens."""
         return slice(len(self.prefix), len(self.prefix) + seq_len)
+
+    def special_mask(self, seq_len: int) -> np.ndarray:
+        """True at the special positions of a wrapped sequence of ``seq_len`` content tokens.
+
+        >>> Wrapping((101,), (102,)).special_mask(2).tolist()
+        [True, False, False, True]
+        """
+        mask = np.ones(len(self.prefix) + seq_len + len(self.suffix), dtype=bool)
+        mask[self.content(seq_len)] = False
+        return mask
 
     def template(self, tokenizer: PreTrainedTokenizerBase) -> str:
         """Readable form for the models table: ``"[CLS] {content} [SEP]"``."""

@@ -78,14 +78,15 @@ def _recompute(lake: Lake, key: PartitionKey, config: dict) -> None:
         from tnb.models import resolve_model
 
         extract_activations(
-            lake, resolve_model(config["source"]), config["stream"], (values["site"],), [values["layer"]],
+            lake, resolve_model(config["source"]), config["stream"], (str(values["site"]),), [int(values["layer"])],
             dtype=config.get("dtype", "float16"), overwrite=True, progress=False,
         )
     elif key.table in ("labels", "metrics"):
         from tnb.bicluster_stage import BiclusterParams, bicluster_partition
 
         params = BiclusterParams.from_mapping(config)
-        bicluster_partition(lake, values["model"], values["site"], values["layer"], params, overwrite=True)
+        model, site, layer = str(values["model"]), str(values["site"]), int(values["layer"])
+        bicluster_partition(lake, model, site, layer, params, overwrite=True)
     else:
         raise LakeError(f"a {key.table} partition cannot be recomputed here")
 

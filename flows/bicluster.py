@@ -47,6 +47,8 @@ from tnb.bicluster_stage import BiclusterParams, bicluster_partition, layer_part
 from tnb.errors import TnbError
 from tnb.lake import Lake
 
+from .artifacts import Progress, artifact_prefix
+
 
 @contextlib.contextmanager
 def _blas_threads(n_threads: int | None) -> Iterator[None]:
@@ -225,15 +227,21 @@ def _bicluster_partitions(
         )
         for model, site, layer in partitions
     ]
+    all_null = [chunk for chunks in null_futures.values() for chunk in chunks]
+    progress = Progress(
+        f"{artifact_prefix(lake)}-bicluster-progress", f"bicluster stage: null chunks and layers done ({lake})",
+        len(all_null) + len(futures),
+    )
     # a failed null task leaves its layer's final task unfinished (Prefect's UnfinishedRun, a
     # traceback); wait on the null tasks first so the user sees their own error instead
-    for chunks in null_futures.values():
-        for chunk in chunks:
-            chunk.result()
+    for chunk in as_completed(all_null):
+        chunk.result()
+        progress.advance()
     outcomes = []
     for done, future in enumerate(as_completed(futures), start=1):
         outcome = future.result()
         outcomes.append(outcome)
+        progress.advance()
         redone = {"stale": " (stale: its activations changed)", "overwrite": " (overwritten)"}.get(outcome["reason"], "")
         what = (
             f"written{redone} in {outcome['seconds']:.1f}s, {outcome['n_tokens']} x {outcome['n_neurons']}, "

@@ -13,10 +13,18 @@ from tnb.lake import Lake
 from tnb.models import DEFAULT_TWIN_SEED, load_tokenizer, resolve_model, untrained_twin
 from tnb.params import ExtractParams, Study
 
+from .artifacts import Progress, artifact_prefix
 from .bicluster import retry_transient_io  # retry transient I/O only, never bad input
 
 DEFAULT_MODEL = ExtractParams.models[0]
 DEFAULT_STUDY = Study()  # the flows' default parameter (frozen: one instance serves every call)
+
+
+def _key_part(name: str) -> str:
+    """A model name as part of an artifact key (lowercase letters, digits, dashes)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "model"
 
 
 @task(name="tokenize", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_io)
@@ -62,9 +70,18 @@ def extract_task(
     spec = resolve_model(model)
     if untrained:
         spec = untrained_twin(spec, twin_seed)
+    bar = Progress(f"{artifact_prefix(lake)}-extract-{_key_part(spec.name)}-progress",
+                   f"extract {spec.name}: token positions fed ({lake})", 1)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.set(done)
+
     result = extract_activations(
-        Lake(lake), spec, stream, sites, layers, batch_size, dtype, overwrite, progress=progress, add_bos=add_bos
+        Lake(lake), spec, stream, sites, layers, batch_size, dtype, overwrite, progress=progress, add_bos=add_bos,
+        on_progress=on_progress,
     )
+    bar.set(bar.total)  # complete, also when every partition was already there
     return {
         "model": result.model,
         "stream": result.stream,

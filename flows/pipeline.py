@@ -26,20 +26,19 @@ from prefect.cache_policies import NO_CACHE
 
 from tnb.params import Study
 
+from .artifacts import artifact_prefix, inline_png
 from .bicluster import bicluster_flow
 from .extract import DEFAULT_STUDY, extract_flow
 
 
 def _markdown_table(frame: Any, max_rows: int = 60) -> str:
-    """A Polars frame as a GitHub Markdown table (floats to 4 significant digits)."""
-    columns = frame.columns
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in frame.head(max_rows).iter_rows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
+    """A Polars frame as the report writes a Markdown table (token text escaped), cut at ``max_rows``."""
+    from tnb.report import markdown_table
+
+    table = markdown_table(frame.head(max_rows))
     if frame.height > max_rows:
-        lines.append(f"\n... {frame.height - max_rows} more rows in the report")
-    return "\n".join(lines)
+        table += f"\n\n... {frame.height - max_rows} more rows in the report"
+    return table
 
 
 def _top_tokens_per_cluster(top_tokens: Any, top_n: int = 5) -> Any:
@@ -72,22 +71,9 @@ def report_task(lake: str, report_dir: str, site: str | None, method: str | None
     }
 
 
-def artifact_prefix(lake: str) -> str:
-    """``tnb-<lake name>-<hash of its absolute path>``: runs on different lakes do not overwrite each other's artifacts.
-
-    Prefect artifact keys allow lowercase letters, digits and dashes only.
-    """
-    import hashlib
-    import re
-
-    root = Path(lake).absolute()
-    name = re.sub(r"[^a-z0-9]+", "-", root.name.lower()).strip("-")[:24] or "lake"
-    return f"tnb-{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}"
-
-
 def publish_artifacts(summary: dict[str, Any], lake: str = "lake") -> list[str]:
     """Publish the report's key parts as Prefect artifacts, keyed by the lake; returns the keys published."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact
 
     prefix = artifact_prefix(lake)
     published = []
@@ -95,15 +81,17 @@ def publish_artifacts(summary: dict[str, Any], lake: str = "lake") -> list[str]:
         summary["metrics_md"], key=f"{prefix}-metrics", description=f"Selected grid point of every layer ({lake})"
     )
     published.append(f"{prefix}-metrics")
-    if summary["emergence"]:
-        create_link_artifact(
-            Path(summary["emergence"]).absolute().as_uri(), link_text="Emergence curves (PNG)",
-            key=f"{prefix}-emergence", description=f"R^2, Z and specialization per layer ({lake})",
+    if summary["emergence"]:  # the figure itself, inline: the UI shows it (it would not open a file:// link)
+        create_markdown_artifact(
+            inline_png(summary["emergence"], "emergence curves"), key=f"{prefix}-emergence",
+            description=f"R^2 parts, excess over the null and specialization per layer; dashed: untrained twin ({lake})",
         )
         published.append(f"{prefix}-emergence")
-    create_link_artifact(
-        Path(summary["html"]).absolute().as_uri(), link_text="tnb report (HTML)", key=f"{prefix}-report",
-        description=f"The full report: figures, clusters, families ({lake})",
+    create_markdown_artifact(
+        f"The full report (figures, verdicts, clusters, families) is `{Path(summary['html']).absolute()}` "
+        f"(Markdown: `{Path(summary['markdown']).absolute()}`) on the machine that ran the flow; open it in a "
+        "browser there, or copy the directory.",
+        key=f"{prefix}-report", description=f"Where the full report is ({lake})",
     )
     published.append(f"{prefix}-report")
     create_markdown_artifact(

@@ -383,3 +383,58 @@ def test_server_command_binds_localhost_with_analytics_off() -> None:
 
     command = server_command()
     assert command[1:] == ["server", "start", "--host", "127.0.0.1", "--port", "4200", "--analytics-off"]
+
+
+def test_stages_publish_progress_that_reaches_100_and_the_figure_inline(pipeline_run: dict) -> None:
+    """Every stage's progress artifact ends at 100%; the emergence figure is in the UI itself, no file:// link."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.artifacts import artifact_prefix
+
+    prefix = artifact_prefix(str(pipeline_run["lake"].root))
+    keys = [f"{prefix}-bicluster-progress", f"{prefix}-extract-tiny-gpt2-progress", f"{prefix}-emergence",
+            f"{prefix}-report"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    by_key = {artifact.key: artifact for artifact in found}
+    assert set(keys) <= set(by_key)
+    assert by_key[keys[0]].type == "progress" and float(by_key[keys[0]].data) == 100.0
+    assert float(by_key[keys[1]].data) == 100.0
+    assert "](data:image/png;base64," in by_key[f"{prefix}-emergence"].data
+    assert "file://" not in by_key[f"{prefix}-report"].data and "index.html" in by_key[f"{prefix}-report"].data
+
+
+def test_progress_moves_in_steps_and_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    import prefect.artifacts
+
+    from flows.artifacts import Progress
+
+    published: list[float] = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda progress, **_: uuid.uuid4())
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, value: published.append(value))
+    every = Progress("k", "d", total=4, interval=0.0)
+    for _ in range(4):
+        every.advance()
+    assert published == [25.0, 50.0, 75.0, 100.0] and every.values == [0.0, 25.0, 50.0, 75.0, 100.0]
+    published.clear()
+    throttled = Progress("k", "d", total=1000, interval=3600.0)
+    for _ in range(1000):
+        throttled.advance()
+    assert published == [100.0]  # nothing in between within the interval, always the end
+
+
+def test_a_progress_artifact_that_cannot_be_published_does_not_stop_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.artifacts
+
+    from flows.artifacts import Progress
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("no API")
+
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", refuse)
+    progress = Progress("k", "d", total=2)
+    progress.advance(2)
+    assert progress.values == [] and progress.done == 2

@@ -38,7 +38,7 @@ import functools
 import inspect
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,6 +471,7 @@ def extract_activations(
     device: str = "auto",
     progress: bool = True,
     add_bos: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
     """Run the model over the stream and publish one partition per (site, layer).
 
@@ -478,7 +479,8 @@ def extract_activations(
     loaded when nothing is missing); ``overwrite`` redoes them. Sequences are wrapped in
     the tokenizer's special tokens (``add_bos``: also a BOS where it puts none, e.g.
     ``<|endoftext|>`` for GPT-2); their rows are stored flagged ``special`` and left out of
-    every matrix by :meth:`tnb.lake.Lake.read_layer`.
+    every matrix by :meth:`tnb.lake.Lake.read_layer`. ``on_progress(done, total)`` is
+    called after every batch with the token positions fed so far (a flow shows it in its UI).
     """
     if batch_size < 1:
         raise ModelError(f"batch_size should be >= 1. Got {batch_size} instead.")
@@ -517,6 +519,7 @@ def extract_activations(
             seconds = _run_model(
                 lake, spec, arch, stream, todo, config, batch_size, dtype, device, progress, wrapping,
                 {token_id: tokenizer.decode([token_id]) for token_id in (*wrapping.prefix, *wrapping.suffix)}, inputs,
+                on_progress,
             )
         # the models row once its activations exist
         register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite or replace_row)
@@ -537,6 +540,7 @@ def _run_model(
     wrapping: Wrapping,
     special_text: Mapping[int, str],
     inputs: dict[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     import torch
     from tqdm.auto import tqdm
@@ -578,6 +582,7 @@ def _run_model(
             tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
         )
         with torch.inference_mode():
+            done = 0  # positions fed so far
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
                 columns = _row_columns(pos, seq_ids[pos[:: ids.shape[1]]], wrapping, special_text)
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
@@ -604,6 +609,9 @@ def _run_model(
                 del batch, values
                 release_free_memory()  # the previous batch's copies and this forward's transients are freed now
                 bar.update(len(pos))
+                done += len(pos)
+                if on_progress is not None:
+                    on_progress(done, len(token_ids))
         batch_writer.wait()
         start = time.perf_counter()
     seconds["publish"] = time.perf_counter() - start

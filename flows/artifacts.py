@@ -47,7 +47,7 @@ class Progress:
 
         self.total, self.done, self.interval = max(int(total), 1), 0, interval
         self.values: list[float] = []  # every value published, in order
-        self._last = 0.0
+        self._last = time.monotonic()  # the creation published 0%
         self._id: UUID | None = None
         try:
             # called from sync code, Prefect's sync-compatible function returns the id itself

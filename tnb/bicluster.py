@@ -11,12 +11,7 @@ and records the layer's neuron specialization (:mod:`tnb.specialization`).
 :func:`mark_selected` picks one point per layer. The results are
 :class:`BiclusterResult` rows, the METRICS table's columns.
 
-Valid k: every ``row_k`` satisfies ``2 <= row_k < n_tokens`` and every
-``col_k`` satisfies ``2 <= col_k < n_neurons`` (co-clustering has one k for
-both, so both bounds apply). k = 1 has no structure to score (R^2 = 0 by
-construction, and Dhillon's method has no singular vector to use); k equal to
-the number of rows makes every row its own cluster, so the fit is trivial and
-the permutation null is degenerate.
+Valid k: ``2 <= row_k < n_tokens`` and ``2 <= col_k < n_neurons``; why, see :mod:`tnb.spectral`.
 
 The estimators (:class:`SpectralBiclustering`, :class:`SpectralCoclustering`),
 the nulls (:func:`null_matrix`, :func:`null_statistics`, :func:`refit_null`)

@@ -237,9 +237,9 @@ def test_preset_twin_resolves_by_its_lake_name() -> None:
 def test_cli_extract_untrained_and_run_no_control_parse() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["extract", "--model", "minilm", "--untrained", "--twin-seed", "3", "--bos"])
-    assert (args.untrained, args.twin_seed, args.bos) == (True, 3, True)
-    assert parser.parse_args(["run"]).control is True
-    assert parser.parse_args(["run", "--no-control"]).control is False
+    assert (args.untrained, args.twin_seed, cli.study_from_args(args).extract.add_bos) == (True, 3, True)
+    assert cli.study_from_args(parser.parse_args(["run"])).extract.control is True
+    assert cli.study_from_args(parser.parse_args(["run", "--no-control"])).extract.control is False
 
 
 # ----------------------------------------------------------------------------- GGUF

@@ -198,23 +198,6 @@ def test_memory_is_one_batch_no_cache_and_no_output_outlives_its_write(
     assert set(result.seconds) == {"load", "forward", "convert", "write", "wait", "publish"}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_extraction_fixes_glibcs_mmap_threshold_before_its_forward_passes(
-    tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """glibc's dynamic mmap threshold let the forward pass's large transients fragment the heap
-    (peak RSS grew with the tokens); extraction fixes it before the first forward pass."""
-    import tnb.extract
-
-    assert tnb.extract.fix_mmap_threshold() is True  # glibc takes the setting
-    order: list[str] = []
-    fix, forward = tnb.extract.fix_mmap_threshold, tnb.extract._forward
-    monkeypatch.setattr(tnb.extract, "fix_mmap_threshold", lambda: order.append("fix") or fix())
-    monkeypatch.setattr(tnb.extract, "_forward", lambda *a, **k: order.append("forward") or forward(*a, **k))
-    _extract(Lake(tmp_path), str(tiny_gpt2_dir), sites=("resid",), batch_size=4)
-    assert order[0] == "fix" and order.count("fix") == 1 and "forward" in order
-
-
 def test_a_failing_write_in_the_writer_thread_publishes_nothing(
     tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -399,36 +399,6 @@ def _malloc_trim() -> Any:
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-MMAP_THRESHOLD = 128 * 1024  # glibc's initial threshold, kept fixed
-
-
-def fix_mmap_threshold() -> bool:
-    """Keep glibc's mmap threshold at 128 KiB for this process (glibc; elsewhere nothing).
-
-    glibc raises the threshold to the size of every large block it frees (up to 32 MiB),
-    so after the first batch the forward pass's multi-MB tensors come from the heap and
-    fragment it, beside the writer thread's buffers: peak RSS above the model grew with the
-    tokens extracted (GPT-2-small shape, measured: 434 MB at 5,000 tokens, 503 MB at 20,000).
-    With the threshold fixed, every block of 128 KiB or more is its own mapping, returned
-    when freed: 247 MB at both. Returns whether the setting took.
-    """
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1)
-
-
 def release_free_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc; elsewhere nothing).
 
@@ -563,7 +533,6 @@ def _run_model(
     mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
     need_resid = any(site == "resid" for site, _, _ in todo)
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-    fix_mmap_threshold()  # large transients as their own mappings: memory flat in the tokens extracted
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with contextlib.ExitStack() as stack:
         writers = {

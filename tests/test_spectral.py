@@ -145,3 +145,48 @@ def test_same_seed_same_labels_whatever_the_thread_count() -> None:
         for run in runs[1:]:
             np.testing.assert_array_equal(runs[0][pair][0], run[pair][0])
             np.testing.assert_array_equal(runs[0][pair][1], run[pair][1])
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((3000, 200), np.float32), ((200, 900), np.float32), ((1500, 120), np.float64)])
+def test_fused_randomized_svd_matches_sklearn(shape, dtype) -> None:
+    """One pass per power iteration spans the same space as scikit-learn's two: same values and vectors up to rounding."""
+    from sklearn.utils.extmath import randomized_svd as sk_randomized_svd
+
+    rng = np.random.default_rng(4)
+    n, m = shape
+    k = 7
+    left, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    right, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    spectrum = np.geomspace(10, 1, k)  # a planted spectrum with gaps, plus noise well below it
+    X = ((left * spectrum) @ right.T + 0.01 * rng.standard_normal((n, m)) / np.sqrt(max(n, m))).astype(dtype)
+    u, s, vt = spectral.randomized_svd(X, 5, random_state=0)
+    su, ss, svt = sk_randomized_svd(X, 5, random_state=0)
+    assert u.dtype == su.dtype == dtype and u.shape == su.shape and vt.shape == svt.shape
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(s, ss, rtol=tol)
+    np.testing.assert_allclose(u, su, atol=tol * 10)  # same signs too (svd_flip)
+    np.testing.assert_allclose(vt, svt, atol=tol * 10)
+    # and the planted singular values are found
+    np.testing.assert_allclose(s, spectrum[:5], rtol=1e-3)
+
+
+def test_grid_runs_each_distinct_projection_kmeans_once_with_the_same_labels(monkeypatch) -> None:
+    """Grid points whose k choose the same best vectors share one k-means run, and get the labels of a separate run."""
+    X, _, _ = make_checkerboard((600, 150), (4, 3), noise=2, random_state=5)
+    X = np.abs(X).astype(np.float32)
+    pairs = [(r, c) for r in (3, 4, 5) for c in (3, 4, 5)]
+    kwargs = {"normalization": "bistochastic", "n_components": 6, "n_best": 3, "settings": spectral._Settings(random_state=3)}
+    calls = []
+    k_means = spectral._k_means
+    monkeypatch.setattr(spectral, "_k_means", lambda data, k, settings: calls.append(k) or k_means(data, k, settings))
+    shared, _ = spectral._fit_grid(X, pairs, "biclustering", **kwargs)
+    n_shared = len(calls)
+    project_all = spectral._project_all
+    # Every grid point with its own copy of the projection: nothing can be shared.
+    monkeypatch.setattr(spectral, "_project_all", lambda data, best: {k: p.copy() for k, p in project_all(data, best).items()})
+    calls.clear()
+    separate, _ = spectral._fit_grid(X, pairs, "biclustering", **kwargs)
+    assert len(calls) == 2 * len(pairs) and n_shared < len(calls)
+    for pair in pairs:
+        np.testing.assert_array_equal(shared[pair][0], separate[pair][0])
+        np.testing.assert_array_equal(shared[pair][1], separate[pair][1])

@@ -92,11 +92,12 @@ from numbers import Integral
 from typing import cast
 
 import numpy as np
+from scipy import linalg
 from scipy.sparse.linalg import eigsh, svds
 from sklearn.base import BaseEstimator, BiclusterMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.utils import check_random_state
-from sklearn.utils.extmath import randomized_svd
+from sklearn.utils.extmath import svd_flip
 from threadpoolctl import threadpool_limits
 
 from tnb.kmeans import kmeans, kmeans_1d
@@ -207,6 +208,57 @@ class _Settings:
     init: object = "k-means++"
     n_init: int = 10
     random_state: object = None
+
+
+#: Rows of the matrix per block of the fused power iteration: a float32 block of 768 columns
+#: (~0.8 MB at 256 rows) stays in cache between its two products.
+_POWER_BLOCK = 256
+
+
+def _gram_product(A: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``A.T @ (A @ Q)`` in one pass over ``A``: each block of rows is read once for both products."""
+    out = np.zeros((A.shape[1], Q.shape[1]), dtype=np.result_type(A.dtype, Q.dtype))
+    for start in range(0, A.shape[0], _POWER_BLOCK):  # blocks of rows, each a BLAS product
+        block = A[start : start + _POWER_BLOCK]
+        out += block.T @ (block @ Q)
+    return out
+
+
+def randomized_svd(M: np.ndarray, n_components: int, *, n_oversamples: int = 10, random_state=None):
+    """scikit-learn's ``randomized_svd`` (Halko et al. 2011) with each power iteration in one pass.
+
+    The same steps, defaults and random draws as
+    ``sklearn.utils.extmath.randomized_svd(M, n_components, n_oversamples=...,
+    random_state=...)`` (``n_iter="auto"``, LU normalization, ``svd_flip``),
+    except that scikit-learn normalizes after *both* half-steps of a power
+    iteration, ``Q <- lu(A @ Q); Q <- lu(A.T @ Q)``, and this runs
+    ``Q <- lu(A.T @ (A @ Q))``. The dropped normalization multiplies ``A @ Q``
+    on the right by an invertible matrix, so every iterate spans the same
+    column space in exact arithmetic and the result is the same up to
+    rounding; the gain is that ``A`` is read once per iteration instead of
+    twice (9 passes over the matrix instead of 16 for 7 iterations), each
+    block of rows staying in cache for its second product. Hand-written
+    because scikit-learn has no fused variant; tests compare the singular
+    values and vectors with scikit-learn's.
+    """
+    rng = check_random_state(random_state)
+    n_random = n_components + n_oversamples
+    n_iter = 7 if n_components < 0.1 * min(M.shape) else 4
+    transpose = M.shape[0] < M.shape[1]
+    A = M.T if transpose else M
+    Q = rng.normal(size=(A.shape[1], n_random))
+    if A.dtype == np.float32:
+        Q = Q.astype(np.float32, copy=False)
+    for _ in range(n_iter):
+        Q, _ = linalg.lu(_gram_product(A, Q), permute_l=True, check_finite=False)
+    Q, _ = linalg.qr(A @ Q, mode="economic", check_finite=False)
+    u_hat, s, vt = linalg.svd(Q.T @ A, full_matrices=False, lapack_driver="gesdd")
+    u = Q @ u_hat
+    if transpose:
+        u, vt = svd_flip(u, vt, u_based_decision=False)
+        return vt[:n_components].T, s[:n_components], u[:, :n_components].T
+    u, vt = svd_flip(u, vt)
+    return u[:, :n_components], s[:n_components], vt[:n_components]
 
 
 def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settings):
@@ -333,11 +385,25 @@ def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, set
     # A projection depends on one side's k only: X @ best_vt[col_k] is clustered into each row_k.
     row_projections = _project_all(X, best_vt)
     col_projections = _project_all(X.T, best_ut)
+    # Where two k choose the same best vectors their projections are one array, and k-means
+    # with the same data, k and integer seed gives the same labels: each such problem runs once.
+    done: dict[tuple[int, int], np.ndarray] = {}
+    seeded = isinstance(settings.random_state, Integral)
+
+    def cluster(data: np.ndarray, k: int) -> np.ndarray:
+        key = (id(data), k)
+        if key in done:
+            return done[key].copy()
+        labels = _k_means(data, k, settings)[1]
+        if seeded:
+            done[key] = labels
+        return labels
+
     fits = {}
     for row_k, col_k in pairs:
         start = time.perf_counter()
-        _, row_labels = _k_means(row_projections[col_k], row_k, settings)
-        _, col_labels = _k_means(col_projections[row_k], col_k, settings)
+        row_labels = cluster(row_projections[col_k], row_k)
+        col_labels = cluster(col_projections[row_k], col_k)
         fits[(row_k, col_k)] = (row_labels, col_labels, time.perf_counter() - start)
     timings["projections"] = time.perf_counter() - projections_start
     return fits, timings

@@ -462,3 +462,33 @@ def test_gpt2_preset_resolves_from_a_populated_hub_cache_offline(tiny_gpt2_dir: 
     env["HF_HOME"] = str(tmp_path / "empty")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "is neither in the local Hugging Face cache nor reachable" in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf is not installed")
+def test_a_gguf_header_is_parsed_once_per_process_and_again_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Config and tokenizer of a GGUF file (seconds each for SmolLM2) are cached by file version."""
+    import transformers
+
+    from tnb import models
+
+    path = _write_tiny_llama(tmp_path / "tiny-llama.gguf")
+    spec = resolve_model(str(path))
+    calls: list[str] = []
+    for name in ("AutoConfig", "AutoTokenizer"):
+        original = getattr(transformers, name).from_pretrained
+        monkeypatch.setattr(
+            getattr(transformers, name), "from_pretrained",
+            lambda *args, _original=original, _name=name, **kwargs: calls.append(_name) or _original(*args, **kwargs),
+        )
+    first = models.load_config(spec)
+    first.hidden_size = -1  # a caller's change does not reach the cache
+    assert models.load_config(spec).hidden_size == 32
+    models.load_tokenizer(spec)
+    models.load_tokenizer(spec)
+    assert sorted(calls) == ["AutoConfig", "AutoTokenizer"]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a new version of the file
+    models.load_config(spec)
+    models.load_tokenizer(spec)
+    assert sorted(calls) == ["AutoConfig", "AutoConfig", "AutoTokenizer", "AutoTokenizer"]

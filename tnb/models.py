@@ -26,6 +26,7 @@ named ``<model>-untrained`` in the lake.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -102,8 +103,28 @@ def smollm2_file() -> Path:
     return Path(spec.origin).parent / SMOLLM2_FILE
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time: the key under which a file's parsed content is cached."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+# Parsing a GGUF file's header (its vocabulary and merges are Python lists there) takes
+# 4-8 s for SmolLM2; an extraction needs the metadata, the config and the tokenizer more
+# than once, so each is parsed once per process and file version (size, mtime).
+
+
 def gguf_metadata(path: Path) -> dict[str, Any]:
     """``general.architecture`` and the quantisation (``general.file_type``) of a GGUF file."""
+    try:
+        stamp = _stamp(path)
+    except OSError as error:
+        raise ModelError(f"{path} is not a readable GGUF file ({type(error).__name__}: {error})") from None
+    return dict(_gguf_metadata(path, stamp))
+
+
+@lru_cache(maxsize=4)
+def _gguf_metadata(path: Path, stamp: tuple[int, int]) -> dict[str, Any]:
     try:
         import gguf
     except ImportError:
@@ -198,14 +219,37 @@ def _unreachable(spec: ModelSpec, error: Exception) -> ModelError:
     )
 
 
-def load_config(spec: ModelSpec) -> Any:
-    """The model's ``transformers`` config (no weights)."""
-    from transformers import AutoConfig
+def _gguf_path(spec: ModelSpec) -> Path | None:
+    return Path(spec.source) / spec.gguf_file if spec.gguf_file else None
 
+
+def load_config(spec: ModelSpec) -> Any:
+    """The model's ``transformers`` config (no weights); a GGUF file's is parsed once per process."""
+    path = _gguf_path(spec)
     try:
-        return AutoConfig.from_pretrained(spec.source, trust_remote_code=False, **spec.load_kwargs())
+        if path is not None and path.is_file():
+            return copy.deepcopy(_gguf_config(spec.source, str(spec.gguf_file), _stamp(path)))
+        return _config(spec.source, spec.load_kwargs())
     except (OSError, ValueError) as error:
         raise _unreachable(spec, error) from None
+
+
+def _config(source: str, kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, trust_remote_code=False, **kwargs)
+
+
+@lru_cache(maxsize=4)
+def _gguf_config(source: str, gguf_file: str, stamp: tuple[int, int]) -> Any:
+    return _config(source, {"gguf_file": gguf_file})
+
+
+@lru_cache(maxsize=4)
+def _gguf_tokenizer(source: str, gguf_file: str, stamp: tuple[int, int]) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False, gguf_file=gguf_file)
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
@@ -279,8 +323,12 @@ def load_tokenizer(spec: ModelSpec) -> tuple[str, Any]:
             raise ModelError(f"model directory {directory} has no tokenizer files; save the tokenizer beside the model")
     from transformers import AutoTokenizer
 
+    path = _gguf_path(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False, **spec.load_kwargs())
+        if path is not None and path.is_file():
+            tokenizer = _gguf_tokenizer(spec.source, str(spec.gguf_file), _stamp(path))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False, **spec.load_kwargs())
     except (OSError, ValueError) as error:
         raise _unreachable(spec, error) from None
     if tokenizer_fingerprint(tokenizer) == bundled_gpt2_fingerprint():

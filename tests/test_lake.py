@@ -257,6 +257,65 @@ def test_corruption_is_never_silent(tmp_path: Path, how: str) -> None:
     assert lake.check() == []
 
 
+def _footer_tables() -> dict[str, tuple[pa.Table, int]]:
+    """Tables of every kind of column a lake holds (and some it does not), with a row-group size."""
+    mixed = pa.table(
+        {
+            "i": pa.array(range(1000), pa.int64()),
+            "s": pa.array([f"t{i}" if i % 7 else None for i in range(1000)]),
+            "b": pa.array([i % 3 == 0 for i in range(1000)]),
+            "l": pa.array([[float(i)] * (i % 4) for i in range(1000)], pa.list_(pa.float64())),
+            "nested": pa.array([{"x": i, "y": [True, False]} for i in range(1000)]),
+        }
+    ).replace_schema_metadata({"key": "value", "empty": ""})
+    return {
+        "empty": (_acts(0, 4), 100),
+        "one-group": (_acts(10, 4), 100),
+        "many-groups": (_acts(5000, 16), 64),
+        "mixed": (mixed, 37),
+    }
+
+
+@pytest.mark.parametrize("name", ["empty", "one-group", "many-groups", "mixed", "lake"])
+def test_footer_rows_match_pyarrow(tmp_path: Path, name: str) -> None:
+    from tnb.parquet_footer import footer_rows
+
+    if name == "lake":  # as the lake writes it: zstd, dictionaries, statistics, bounded row groups
+        lake = Lake(tmp_path)
+        lake.write_table(_key(), _acts(3000, 384), {})
+        path = lake.path(_key())
+    else:
+        table, row_group_size = _footer_tables()[name]
+        path = tmp_path / "t.parquet"
+        pq.write_table(table, path, row_group_size=row_group_size)
+    assert footer_rows(path) == pq.read_metadata(path).num_rows
+
+
+@pytest.mark.parametrize("how", ["empty", "short", "truncated", "magic", "length", "metadata-cut", "metadata-garbage"])
+def test_footer_rows_refuse_what_is_not_parquet(tmp_path: Path, how: str) -> None:
+    from tnb.parquet_footer import FooterError, footer_rows
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(_acts(100, 4), path)
+    content = path.read_bytes()
+    length = int.from_bytes(content[-8:-4], "little")
+    metadata = content[-8 - length : -8]
+    broken = {
+        "empty": b"",
+        "short": b"PAR1PAR1",
+        "truncated": content[: len(content) // 2],
+        "magic": content[:-4] + b"PARX",
+        "length": content[:-8] + (len(content)).to_bytes(4, "little") + b"PAR1",
+        "metadata-cut": metadata[:6] + (6).to_bytes(4, "little") + b"PAR1",  # ends inside the schema
+        "metadata-garbage": b"PAR1" + b"\xff" * 64 + (64).to_bytes(4, "little") + b"PAR1",
+    }[how]
+    path.write_bytes(broken)
+    with pytest.raises(FooterError):
+        footer_rows(path)
+    with pytest.raises(Exception):  # noqa: B017  (pyarrow refuses it too)
+        pq.read_metadata(path)
+
+
 def test_derived_partition_records_its_inputs_and_goes_stale(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     lake.write_table(_key(), _acts(20, 4), {})

@@ -42,6 +42,28 @@ def test_query_imports_only_what_it_reads_with() -> None:
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
 
 
+def test_query_reads_the_lake_without_numpy_or_pyarrow(tmp_path: Path) -> None:
+    """`tnb query` lists, checks (sizes, footers, manifests) and reads the lake with Polars alone.
+
+    numpy and pyarrow (with numpy, ~0.25 s of every query's start) are for writing the lake.
+    """
+    from tests.fixtures.analysis_lake import build_fixture_lake
+
+    lake = build_fixture_lake(tmp_path / "lake").root
+    out = tmp_path / "out.csv"
+    code = (
+        "from tnb.cli import main\n"
+        f"assert main(['query', '--lake', {str(lake)!r}, 'emergence_curves', '--format', 'csv', '--out', {str(out)!r}]) == 0\n"
+        "from tnb.query import run_query\n"
+        f"assert run_query({str(lake)!r}, 'top_neurons', {{'model': 'small', 'site': 'resid', 'layer': 1}}).height > 0\n"
+        f"run_query({str(lake)!r}, 'SELECT * FROM special_positions')"
+    )
+    modules = _imported_after(code)
+    assert out.read_text().startswith("model,"), out.read_text()[:200]
+    unwanted = {*HEAVY, "numpy", "pyarrow"}
+    assert not modules & unwanted, sorted(modules & unwanted)
+
+
 def test_python_dash_m_tnb_is_the_same_cli() -> None:
     import subprocess
     import sys

@@ -339,7 +339,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from tnb.query import parse_param, run_query, write_result  # lazy: polars and pyarrow, not for --help
+    from tnb.query import parse_param, run_query, write_result  # lazy: polars, not for --help
 
     params = dict(parse_param(text) for text in args.param or [])
     frame = run_query(args.lake, args.query, params, lake_only=args.lake_only)

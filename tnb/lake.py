@@ -18,9 +18,13 @@ computed from (``inputs`` in its manifest); when one of them has changed since, 
 partition is *stale* and the stage that writes it redoes it.
 
 Reads check what is cheap every time: the file's size and its Parquet footer (row
-count) against the manifest, and the sha256 of every file read whole
+count, :mod:`tnb.parquet_footer`) against the manifest, and the sha256 of every file read whole
 (:meth:`Lake.read`). :meth:`Lake.check` hashes everything (``tnb verify``). A
 partition that is present but broken is an error for readers, never silently left out.
+
+Reading needs only Polars: numpy and pyarrow (~0.25 s to import) are imported by the
+functions that write, validate or read Parquet through Arrow, so ``tnb query`` starts
+without them.
 
 Two writers on one partition cannot both publish: each holds an exclusive
 ``fcntl.flock`` on the partition's lock file for the whole write, released by the
@@ -36,6 +40,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import numbers
 import os
 import re
 import socket
@@ -46,16 +51,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tnb import __version__
 from tnb.errors import LakeError, SchemaError
-from tnb.schemas import INT_KEYS, PARTITION_KEYS, expected_schema
+from tnb.keys import INT_KEYS, PARTITION_KEYS
+from tnb.parquet_footer import FooterError, footer_rows
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: reading the lake (tnb query) needs neither
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
 DATA_FILE = "part-0.parquet"
@@ -114,7 +119,7 @@ def partition_key(table: str, **values: PartitionValue) -> PartitionKey:
     for name in names:
         value = values[name]
         if name in INT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:  # numpy's too
                 raise LakeError(f"partition key {name} should be an integer >= 0. Got {value!r} instead.")
             value = int(value)
         elif not isinstance(value, str) or not _VALUE_RE.match(value):
@@ -171,6 +176,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def _float_columns(schema: pa.Schema) -> list[str]:
+    import pyarrow as pa
+
     def is_float(dtype: pa.DataType) -> bool:
         if pa.types.is_floating(dtype):
             return True
@@ -183,6 +190,8 @@ def _float_columns(schema: pa.Schema) -> list[str]:
 
 def _vector_width(dtype: pa.DataType) -> int:
     """Values per row of a column: a fixed-size list's size (nested ones multiplied), else 1."""
+    import pyarrow as pa
+
     if pa.types.is_fixed_size_list(dtype):
         return dtype.list_size * _vector_width(dtype.value_type)
     return 1
@@ -204,6 +213,10 @@ class PartitionWriter:
         config: Mapping[str, Any],
         inputs: Mapping[str, str] | None = None,
     ):
+        import pyarrow.parquet as pq
+
+        from tnb.schemas import expected_schema
+
         expected = expected_schema(key.table, schema)
         if not schema.equals(expected):
             raise SchemaError(f"schema for {key} does not match the {key.table} table: got {schema}, expected {expected}")
@@ -228,6 +241,8 @@ class PartitionWriter:
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Append rows: row groups of at most :func:`row_group_rows` rows, written now (nothing is held back)."""
+        import pyarrow as pa
+
         if not data.schema.equals(self.schema):
             raise SchemaError(f"rows for {self.key} have schema {data.schema}, expected {self.schema}")
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
@@ -244,6 +259,8 @@ class PartitionWriter:
             raise LakeError(f"cannot publish {self.key} in the lake at {self.lake.root}: {_os_reason(error)}") from None
 
     def _publish_staged(self) -> Path:
+        import pyarrow.parquet as pq
+
         self._writer.close()
         written = pq.read_metadata(self.staged)
         if not written.schema.to_arrow_schema().equals(self.schema) or written.num_rows != self.rows:
@@ -375,11 +392,11 @@ class Lake:
         if size != data.stat().st_size:
             return None, f"its data file has {data.stat().st_size} bytes, its manifest says {size}"
         try:
-            footer = pq.read_metadata(data)
-        except (pa.ArrowInvalid, OSError) as error:
+            footer = footer_rows(data)
+        except (FooterError, OSError) as error:
             return None, f"its data file is not readable Parquet ({str(error).splitlines()[0]})"
-        if footer.num_rows != rows:
-            return None, f"its data file has {footer.num_rows} rows, its manifest says {rows}"
+        if footer != rows:
+            return None, f"its data file has {footer} rows, its manifest says {rows}"
         return manifest, None
 
     def manifest(self, key: PartitionKey) -> dict[str, Any] | None:
@@ -674,6 +691,9 @@ class Lake:
 
     def read(self, key: PartitionKey, columns: list[str] | None = None) -> pa.Table:
         """One complete partition as an Arrow table (without its partition columns), its sha256 checked."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         manifest = self._complete_for_reading(key)
         path = self.partition_dir(key) / DATA_FILE
         if manifest is None:
@@ -732,6 +752,8 @@ class Lake:
         A partition written before special rows were stored (no ``special`` column) has
         content rows only, and reads the same.
         """
+        import numpy as np
+
         key = partition_key("activations", model=model, site=site, layer=layer)
         table = self.read(key)
         acts = table.column("act").combine_chunks()

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import lake_snapshot
+from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server, item 10)
 from tnb.bicluster_stage import (
     BiclusterParams,
     bicluster_partition,
@@ -532,7 +533,6 @@ def _running(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- item 10: one-line errors, through the flows
-from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server)
 
 
 def test_dask_address_nobody_answers_is_one_error_at_once() -> None:

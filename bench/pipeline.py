@@ -45,12 +45,12 @@ def _tiny_gpt2(directory: Path, n_layer: int, n_embd: int) -> Path:
 
 def _task_seconds(since: float) -> dict[str, float]:
     """Sum of the task runs' own run time by task name, for task runs started after ``since``."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
-    after = datetime.fromtimestamp(since, tz=timezone.utc)
+    after = datetime.fromtimestamp(since, tz=UTC)
     totals: dict[str, float] = {}
     with get_client(sync_client=True) as client:
         offset = 0
@@ -87,7 +87,7 @@ def _study_estimate(lake_root: Path, model: str, n_layers: int, ks: tuple[int, .
 
 
 def _load() -> str:
-    return "load average {:.1f}".format(os.getloadavg()[0])
+    return f"load average {os.getloadavg()[0]:.1f}"
 
 
 def project_wall(null_seconds: list[list[float]], final_seconds: list[float], workers: int) -> float:

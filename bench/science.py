@@ -94,8 +94,8 @@ def make_matrix(kind: str, seed: int, shape: tuple[int, int], real: np.ndarray |
 
 def one_cell(task: tuple) -> dict:
     """One matrix biclustered with tnb's defaults; what the table needs."""
-    from threadpoolctl import threadpool_limits
     from sklearn.metrics import adjusted_rand_score
+    from threadpoolctl import threadpool_limits
 
     from tnb.bicluster import grid_search
     from tnb.prepare import prepare

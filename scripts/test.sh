@@ -10,7 +10,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # lint first: a lint error fails CI before the (long) suite starts; tests/test_lint.py checks it too
-.venv/bin/ruff check tnb flows
+.venv/bin/ruff check tnb flows tests bench
 # types: mypy on tnb/ and flows/ (settings in pyproject.toml)
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

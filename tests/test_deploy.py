@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 import flows  # noqa: F401
-
 from tnb.lake import Lake
 from tnb.params import Study
 

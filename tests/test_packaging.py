@@ -78,6 +78,7 @@ def test_run_query_and_report_from_the_installed_wheel(wheel: Path, tiny_gpt2_di
                 "--seq-len", "64", "--no-control", "--serial", "--grid", "2", "3", "--n-null", "3",
                 "--n-seeds", "1", "--n-shuffles", "0", "--report-dir", str(report)], cwd=work, env=env)
     assert "tnb run: done" in out and (report / "index.html").is_file(), out
+    assert out.count(f"report: {report / 'index.html'}") == 1, out  # the analyze flow's line, not repeated
 
     top = _run([*tnb, "query", "--lake", str(lake), "top_tokens", "--format", "csv"], cwd=work, env=env)
     assert top.splitlines()[0].startswith("model,") and len(top.splitlines()) > 1, top

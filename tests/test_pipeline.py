@@ -18,13 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import flows  # noqa: F401  (Prefect defaults before prefect is imported)
-
 import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 from tests.conftest import lake_snapshot
 from tnb.bicluster_stage import BiclusterParams, bicluster_partition, drop_first_mask, output_keys
 from tnb.errors import LakeError

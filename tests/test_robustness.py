@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import lake_snapshot
+from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server, item 10)
 from tnb.bicluster_stage import (
     BiclusterParams,
     bicluster_partition,
@@ -289,17 +291,34 @@ def test_verify_reports_and_repairs_by_recomputing(tmp_path: Path, capsys: pytes
     assert "tokens/stream=s96: removed (its manifest is gone); run `tnb extract`" in capsys.readouterr().out
 
 
-def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("config", "add_bos"),
+    [({}, False), ({"special_tokens": "<|endoftext|> {content}"}, True), ({"special_tokens": "{content} </s>"}, False),
+     ({"special_tokens": "[CLS] {content} [SEP]"}, True)],  # (BERT: the flag changes nothing there)
+)
+def test_recorded_add_bos_reads_the_wrapping_back(config: dict, add_bos: bool) -> None:
+    from tnb.extract import recorded_add_bos
+
+    assert recorded_add_bos(config) is add_bos
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_path: Path, add_bos: bool) -> None:
     from tnb.cli import main
 
     lake = Lake(tmp_path)
-    _extract(lake, str(tiny_gpt2_dir))
+    _extract(lake, str(tiny_gpt2_dir), add_bos=add_bos)
     snapshot = lake_snapshot(tmp_path)
     key = partition_key("activations", model="tiny-gpt2", site="resid", layer=1)
+    config = lake.manifest(key)["config"]
+    n_special = pc.sum(lake.read(key).column("special")).as_py() if add_bos else 0
+    assert ("special_tokens" in config) is add_bos and n_special == (5 if add_bos else 0)  # one BOS per sequence
     _flip_middle(lake.partition_dir(key) / "part-0.parquet")
     with pytest.raises(LakeError, match="corrupt file in lake.*checksum"):
         lake.read_layer("tiny-gpt2", "resid", 1)
     assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
+    # redone as it was made: with the BOS rows when it had them (the models row unchanged too)
+    assert lake.manifest(key)["config"] == config
     assert lake_snapshot(tmp_path) == snapshot
 
 
@@ -514,7 +533,6 @@ def _running(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- item 10: one-line errors, through the flows
-from tests.test_pipeline import prefect_server  # noqa: F401  (the session's Prefect test server)
 
 
 def test_dask_address_nobody_answers_is_one_error_at_once() -> None:

@@ -299,9 +299,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _prefect():
         outcome = flows_module("pipeline").pipeline_flow(study=study)
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
+    # (the analyze flow has printed "report: <path>" already, in the terminal and in the run's log)
     print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(study.lake).absolute()}")
-    if "analyze" in outcome:
-        print(f"report: {outcome['analyze']['html']}")
     return 0
 
 

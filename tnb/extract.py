@@ -148,6 +148,18 @@ def model_identity(spec: ModelSpec, stream: str, wrapping: Wrapping, special_tok
     return identity
 
 
+def recorded_add_bos(config: Mapping[str, Any]) -> bool:
+    """Whether the partitions with this config (see :func:`model_identity`) were extracted with ``add_bos``.
+
+    The config records the wrapping's template, not the flag: a template with a prefix
+    (``"<|endoftext|> {content}"``) needs ``add_bos`` for a tokenizer that puts none itself
+    (GPT-2), and for one that does (BERT, Llama) the flag changes nothing; a template
+    without one (``"{content} </s>"``, or none at all) means the flag was off.
+    """
+    template = config.get("special_tokens")
+    return isinstance(template, str) and not template.startswith("{content}")
+
+
 def max_positions(config: Any) -> int | None:
     """The longest sequence a model's position embeddings cover (None when it has no such limit)."""
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)

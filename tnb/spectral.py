@@ -307,27 +307,15 @@ def _piecewise_distances(vectors: np.ndarray, ks) -> dict[int, np.ndarray]:
     return distances
 
 
-def _fit_best_piecewise(
-    vectors: np.ndarray, n_best: int, n_clusters: int, settings: _Settings | None = None
-) -> np.ndarray:
-    """The ``n_best`` vectors best approximated by piecewise-constant ones.
-
-    scikit-learn fits each vector with k-means (k-means++, ``n_init``
-    restarts); here the fit is the exact optimum (:func:`tnb.kmeans.kmeans_1d`),
-    whose error is never larger, so ``settings`` is not needed.
-    """
-    return _best_piecewise_by_k(vectors, n_best, [n_clusters])[n_clusters]
-
-
 def _best_piecewise_by_k(vectors: np.ndarray, n_best: int, ks) -> dict[int, np.ndarray]:
-    """:func:`_fit_best_piecewise` for every k in ks from one dynamic programme per vector."""
+    """For every k in ks, the ``n_best`` vectors best approximated by piecewise-constant ones with k pieces.
+
+    scikit-learn fits each vector with k-means (k-means++, ``n_init`` restarts); here
+    the fit is the exact optimum (:func:`tnb.kmeans.kmeans_1d`), whose error is never
+    larger, from one dynamic programme per vector for all ks.
+    """
     distances = _piecewise_distances(vectors, sorted(set(ks)))
     return {k: vectors[np.argsort(dists, kind="stable")[:n_best]] for k, dists in distances.items()}
-
-
-def _project_and_cluster(data: np.ndarray, vectors: np.ndarray, n_clusters: int, settings: _Settings) -> np.ndarray:
-    _, labels = _k_means(data @ vectors, n_clusters, settings)
-    return labels
 
 
 def _project_all(data: np.ndarray, best: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

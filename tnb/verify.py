@@ -5,7 +5,7 @@ What :meth:`tnb.lake.Lake.check` finds, per partition:
 ``corrupt`` / ``incomplete``
     the data file's checksum, size or rows disagree with its manifest, or one of the two
     is missing. Repair recomputes an ``activations`` partition (from the model, the token
-    stream and the dtype its manifest names) and ``labels``/``metrics`` (from the
+    stream, the dtype and the special tokens its manifest names) and ``labels``/``metrics`` (from the
     bicluster parameters in their manifest); anything it cannot recompute (a ``tokens`` or
     ``models`` partition, a partition whose manifest is gone) is removed, and the command
     that makes it again is named.
@@ -74,12 +74,12 @@ def _recorded_config(lake: Lake, key: PartitionKey) -> dict | None:
 def _recompute(lake: Lake, key: PartitionKey, config: dict) -> None:
     values = key.as_dict()
     if key.table == "activations":
-        from tnb.extract import extract_activations
+        from tnb.extract import extract_activations, recorded_add_bos
         from tnb.models import resolve_model
 
         extract_activations(
             lake, resolve_model(config["source"]), config["stream"], (str(values["site"]),), [int(values["layer"])],
-            dtype=config.get("dtype", "float16"), overwrite=True, progress=False,
+            dtype=config.get("dtype", "float16"), overwrite=True, progress=False, add_bos=recorded_add_bos(config),
         )
     elif key.table in ("labels", "metrics"):
         from tnb.bicluster_stage import BiclusterParams, bicluster_partition

@@ -292,3 +292,41 @@ def test_cli_prints_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path:
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("tnb: error: unknown model 'no-such-model'") and "\n" not in err
+
+
+def test_host_buffers_round_like_to_and_are_reused() -> None:
+    """Each batch's converted copy lands in a reused buffer, with exactly the values of ``.to(float16)``."""
+    from tnb.extract import _into_buffer
+
+    slots: dict = {}
+    big = torch.randn(4, 8, 16) * 1000  # values float16 must round
+    first = _into_buffer(slots, "resid", big.to(torch.float32))
+    assert first.dtype == torch.float32 and torch.equal(first, big)
+    slots = {}
+    first = _into_buffer(slots, ("resid", 1), big.to(torch.float16))
+    assert torch.equal(first, big.to(torch.float16)) and first.shape == big.shape
+    storage = slots[("resid", 1)].data_ptr()
+    small = torch.randn(2, 8, 16).to(torch.float16)  # a last, shorter batch: same buffer
+    second = _into_buffer(slots, ("resid", 1), small)
+    assert torch.equal(second, small) and slots[("resid", 1)].data_ptr() == storage
+    larger = torch.randn(8, 8, 16).to(torch.float16)  # grows when a batch is larger
+    assert torch.equal(_into_buffer(slots, ("resid", 1), larger), larger)
+
+
+def test_load_model_asks_torch_for_huge_pages_unless_told_otherwise(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from transformers import GPT2Config, GPT2Model
+        from tnb.models import load_model, resolve_model
+        GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50257)).save_pretrained({str(tmp_path / "m")!r})
+        load_model(resolve_model({str(tmp_path / "m")!r}))
+        print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "1"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "THP_MEM_ALLOC_ENABLE": "0"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "0"

@@ -393,6 +393,16 @@ class _BatchWriter:
             self._seconds["wait"] += time.perf_counter() - start
 
 
+def _into_buffer(slots: dict[Any, Any], key: Any, values: Any) -> Any:
+    """``values`` copied into the reusable host buffer ``slots[key]`` (grown when too small)."""
+    buffer = slots.get(key)
+    if buffer is None or buffer.numel() < values.numel() or buffer.dtype != values.dtype:
+        buffer = slots[key] = values.new_empty(values.numel(), device="cpu")
+    view = buffer[: values.numel()].view(values.shape)
+    view.copy_(values)
+    return view
+
+
 def _append(out: PartitionWriter, columns: Mapping[str, pa.Array], values: Any, width: int) -> float:
     start = time.perf_counter()
     out.write(_activation_table(columns, values, width, out.schema))
@@ -562,6 +572,11 @@ def _run_model(
         bar = stack.enter_context(
             tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
         )
+        # Two sets of host buffers, reused batch after batch: the writer encodes one while the
+        # next batch is converted into the other (it waits for the previous write first), so
+        # the converted copies are not new allocations between the forward pass's transients.
+        host_buffers: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+        n_batches = 0
         with torch.inference_mode():
             done = 0  # positions fed so far
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
@@ -575,11 +590,14 @@ def _run_model(
                 if need_resid and len(states) != arch.n_layers + 1:
                     raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(states)}")
                 batch = []
+                slots = host_buffers[n_batches % 2]
                 for (site, layer), out in writers.items():
                     values = states[layer] if site == "resid" else captured[mlp_names[layer]]
-                    # every position fed is stored (special ones flagged); converted on the device, then copied
-                    values = values.to(dtype=torch_dtype).to("cpu")
+                    # every position fed is stored (special ones flagged); converted on the device, then
+                    # copied into this batch's host buffer (the same rounding as .to(dtype))
+                    values = _into_buffer(slots, (site, layer), values.to(dtype=torch_dtype))
                     batch.append((out, values, arch.width(site)))
+                n_batches += 1
                 hidden = None  # the forward's outputs go now: only the converted copies are kept
                 states = ()
                 captured.clear()

@@ -322,6 +322,25 @@ def test_verify_recomputes_activations_byte_for_byte(tiny_gpt2_dir: Path, tmp_pa
     assert lake_snapshot(tmp_path) == snapshot
 
 
+def test_verify_recomputes_an_untrained_twins_activations_as_the_twin(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """A twin's partition is redone from the same seeded initialisation, not from the trained weights."""
+    from tnb.cli import main
+    from tnb.extract import ensure_token_stream, extract_activations
+    from tnb.models import load_tokenizer, resolve_model, untrained_twin
+
+    lake = Lake(tmp_path)
+    spec = resolve_model(str(tiny_gpt2_dir))
+    tokenizer_name, tokenizer = load_tokenizer(spec)
+    stream = ensure_token_stream(lake, None, tokenizer_name, tokenizer, 300, 64)
+    for model in (spec, untrained_twin(spec, seed=7)):
+        extract_activations(lake, model, stream, ("resid",), [0, 1], progress=False)
+    snapshot = lake_snapshot(tmp_path)
+    key = partition_key("activations", model="tiny-gpt2-untrained", site="resid", layer=1)
+    _flip_middle(lake.partition_dir(key) / "part-0.parquet")
+    assert main(["verify", "--lake", str(tmp_path), "--repair"]) == 0
+    assert lake_snapshot(tmp_path) == snapshot  # the twin's bytes again; the trained model's untouched
+
+
 # ----------------------------------------------------------------------------- items 9-12: query and report
 @pytest.fixture(scope="module")
 def analysis_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:

@@ -75,10 +75,15 @@ def _recompute(lake: Lake, key: PartitionKey, config: dict) -> None:
     values = key.as_dict()
     if key.table == "activations":
         from tnb.extract import extract_activations, recorded_add_bos
-        from tnb.models import resolve_model
+        from tnb.models import resolve_model, untrained_twin
 
+        spec = resolve_model(config["source"])
+        if config.get("trained") is False:  # an untrained twin: the same random initialisation again
+            spec = untrained_twin(spec, seed=int(config["init_seed"]))
+        if spec.name != values["model"]:
+            raise LakeError(f"its config names {spec.name!r}, not {values['model']!r}")
         extract_activations(
-            lake, resolve_model(config["source"]), config["stream"], (str(values["site"]),), [int(values["layer"])],
+            lake, spec, config["stream"], (str(values["site"]),), [int(values["layer"])],
             dtype=config.get("dtype", "float16"), overwrite=True, progress=False, add_bos=recorded_add_bos(config),
         )
     elif key.table in ("labels", "metrics"):

@@ -201,8 +201,9 @@ def special_positions(lake: Lake | str | os.PathLike[str]) -> pl.LazyFrame:
     Returns
     -------
     LazyFrame with columns ``model, stream, seq_id, wrapped_pos, token_id, token``
-        ``wrapped_pos`` is the position in the wrapped sequence the model saw (a content
-        token of ``seq_pos`` p sits at ``p`` plus the number of leading special tokens).
+        Sorted by model, sequence and position. ``wrapped_pos`` is the position in the
+        wrapped sequence the model saw (a content token of ``seq_pos`` p sits at ``p`` plus
+        the number of leading special tokens).
         Read from the first activations partition of each model that stores special rows
         (a model's partitions share one wrapping); a model fed none (GPT-2 as the study
         ran it) or extracted before they were stored has no rows.
@@ -223,7 +224,9 @@ def special_positions(lake: Lake | str | os.PathLike[str]) -> pl.LazyFrame:
     if not frames:
         return pl.DataFrame(schema=_SPECIAL_SCHEMA).lazy()
     streams = _scan(lake, "models").select("model", "stream")
-    return pl.concat(frames).join(streams, on="model", how="left").select(*_SPECIAL_SCHEMA).cast(pl.Schema(_SPECIAL_SCHEMA))
+    # a join does not keep row order: sorted, so that the view reads the same every time
+    joined = pl.concat(frames).join(streams, on="model", how="left").select(*_SPECIAL_SCHEMA)
+    return joined.cast(pl.Schema(_SPECIAL_SCHEMA)).sort("model", "seq_id", "wrapped_pos")
 
 
 def context(lake: Lake | str | os.PathLike[str], sql: str = "", params: Mapping[str, Any] | None = None) -> pl.SQLContext:

@@ -393,11 +393,13 @@ class _BatchWriter:
             self._seconds["wait"] += time.perf_counter() - start
 
 
-def _into_buffer(slots: dict[Any, Any], key: Any, values: Any) -> Any:
-    """``values`` copied into the reusable host buffer ``slots[key]`` (grown when too small)."""
+def _into_buffer(slots: dict[Any, Any], key: Any, values: Any, dtype: Any = None) -> Any:
+    """``values`` copied (and cast to ``dtype``, default its own) into the reusable host buffer
+    ``slots[key]``, grown when too small; the cast rounds as ``.to(dtype)`` does."""
+    dtype = values.dtype if dtype is None else dtype
     buffer = slots.get(key)
-    if buffer is None or buffer.numel() < values.numel() or buffer.dtype != values.dtype:
-        buffer = slots[key] = values.new_empty(values.numel(), device="cpu")
+    if buffer is None or buffer.numel() < values.numel() or buffer.dtype != dtype:
+        buffer = slots[key] = values.new_empty(values.numel(), dtype=dtype, device="cpu")
     view = buffer[: values.numel()].view(values.shape)
     view.copy_(values)
     return view
@@ -593,9 +595,11 @@ def _run_model(
                 slots = host_buffers[n_batches % 2]
                 for (site, layer), out in writers.items():
                     values = states[layer] if site == "resid" else captured[mlp_names[layer]]
-                    # every position fed is stored (special ones flagged); converted on the device, then
-                    # copied into this batch's host buffer (the same rounding as .to(dtype))
-                    values = _into_buffer(slots, (site, layer), values.to(dtype=torch_dtype))
+                    # every position fed is stored (special ones flagged); on a CPU cast straight into
+                    # this batch's host buffer, elsewhere cast on the device first (less to copy back)
+                    if values.device.type != "cpu":
+                        values = values.to(dtype=torch_dtype)
+                    values = _into_buffer(slots, (site, layer), values, torch_dtype)
                     batch.append((out, values, arch.width(site)))
                 n_batches += 1
                 hidden = None  # the forward's outputs go now: only the converted copies are kept

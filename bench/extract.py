@@ -122,6 +122,7 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
     import tnb.extract
     from tnb.extract import extract_activations
     from tnb.lake import Lake
+    from tnb.schemas import act_layout
 
     spec, stream, token_ids, _, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
     load_model, model_rss, load_cpu = tnb.extract.load_model, [], []
@@ -142,7 +143,9 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
     cpu_s = time.process_time() - cpu - load_cpu[0]
     peak_rss = memory_mb()[1]  # before anything is read back
     files = list((Path(lake) / "activations").rglob("*.parquet"))
-    width = pq.read_schema(files[0]).field("act").type.list_size
+    layout = act_layout(pq.read_schema(files[0]).field("act"))
+    assert layout is not None, f"no activations column in {files[0]}"
+    width = layout[0]
     return {"seconds": seconds, "cpu_s": cpu_s, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
             "model_rss_mb": model_rss[0], "peak_rss_mb": peak_rss, "tokens": len(token_ids),
             "split": dict(result.seconds), "bytes": sum(f.stat().st_size for f in files),

@@ -21,6 +21,7 @@ from tnb.errors import CorpusError, LakeError, ModelError
 from tnb.extract import ensure_token_stream, extract_activations
 from tnb.lake import Lake, partition_key
 from tnb.models import load_tokenizer, resolve_model
+from tnb.schemas import act_layout
 
 N_TOKENS, SEQ_LEN = 300, 64  # 4 full sequences and a short one of 44
 
@@ -95,16 +96,18 @@ class TestGPT2Parity:
         column = metadata.row_group(0).column(1)
         assert column.compression == "ZSTD"
         assert not any("DICTIONARY" in enc for enc in column.encodings if enc != "RLE")
-        assert pq.read_schema(path).field("act").type == pa.list_(pa.float16(), 128)
+        field = pq.read_schema(path).field("act")
+        assert field.type == pa.binary(128 * 2) and act_layout(field) == (128, "float16")
+        assert column.statistics is None or not column.statistics.has_min_max  # no min/max of bytes: says nothing
 
 
 def test_float32_option_and_layer_subset(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     result = _extract(lake, str(tiny_gpt2_dir), sites=("resid",), layers=[2], dtype="float32")
     assert result.written == ("activations/model=tiny-gpt2/site=resid/layer=2",)
-    assert pq.read_schema(lake.path(partition_key("activations", model="tiny-gpt2", site="resid", layer=2))).field(
-        "act"
-    ).type == pa.list_(pa.float32(), 32)
+    field = pq.read_schema(lake.path(partition_key("activations", model="tiny-gpt2", site="resid", layer=2))).field("act")
+    assert field.type == pa.binary(32 * 4) and act_layout(field) == (32, "float32")
+    assert lake.read_layer("tiny-gpt2", "resid", 2).shape[1] == 32
 
 
 def test_minilm_offline(tmp_path: Path) -> None:

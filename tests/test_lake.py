@@ -19,13 +19,13 @@ import pytest
 from tests.conftest import lake_snapshot
 from tnb import lake as lake_module
 from tnb.errors import LakeError, SchemaError
-from tnb.lake import Lake, partition_key, sanitize_value
-from tnb.schemas import activations_schema
+from tnb.lake import Lake, act_values, partition_key, sanitize_value
+from tnb.schemas import act_array, activations_schema
 
 
 def _acts(n_rows: int, width: int, seed: int = 0, start: int = 0) -> pa.Table:
     values = np.random.default_rng(seed).standard_normal((n_rows, width)).astype(np.float16)
-    act = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), width)
+    act = act_array(values)
     pos = pa.array(np.arange(start, start + n_rows, dtype=np.int32))
     return pa.Table.from_arrays([pos, act], schema=activations_schema(width))
 
@@ -43,7 +43,7 @@ def test_write_read_roundtrip_and_manifest(tmp_path: Path) -> None:
     assert "sha256" in manifest and "code_version" in manifest
     matrix = lake.read_layer("m", "resid", 0)
     assert matrix.dtype == np.float32 and matrix.shape == (300, 16)
-    expected = np.asarray(table.column("act").combine_chunks().values).reshape(300, 16).astype(np.float32)
+    expected = act_values(table).astype(np.float32)
     np.testing.assert_array_equal(matrix, expected)
 
 
@@ -197,8 +197,7 @@ def test_second_writer_waits_then_skips_what_the_first_published(tmp_path: Path)
     finally:
         release.set()
         other.join(30)
-    np.testing.assert_array_equal(Lake(tmp_path).read_layer("m", "resid", 0), _acts(5, 4).column("act").combine_chunks()
-                                  .values.to_numpy(zero_copy_only=False).reshape(5, 4).astype(np.float32))
+    np.testing.assert_array_equal(Lake(tmp_path).read_layer("m", "resid", 0), act_values(_acts(5, 4)).astype(np.float32))
 
 
 def test_second_writer_with_another_config_fails_after_waiting(tmp_path: Path) -> None:
@@ -402,7 +401,7 @@ def _shuffled_with_special_rows(n_rows: int, width: int) -> tuple[pa.Table, np.n
     order = np.random.default_rng(1).permutation(wrapped.size)  # stored in any order
     columns = {
         "pos": pa.array(pos.ravel()[order], mask=special.ravel()[order]),
-        "act": pa.FixedSizeListArray.from_arrays(pa.array(values[order].ravel()), width),
+        "act": act_array(values[order]),
         "special": pa.array(special.ravel()[order]),
         "seq_id": pa.array(np.repeat(np.arange(n_sequences, dtype=np.int32), 6)[order]),
         "wrapped_pos": pa.array(np.tile(np.arange(6, dtype=np.int32), n_sequences)[order]),
@@ -430,3 +429,36 @@ def test_activations_schema_with_special_rows_is_checked(tmp_path: Path) -> None
     table, _ = _shuffled_with_special_rows(8, 4)
     with pytest.raises(SchemaError, match="does not match the activations table"):
         Lake(tmp_path).write_table(_key(), table.drop_columns(["wrapped_pos"]), {})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_act_bytes_and_legacy_lists_read_the_same(tmp_path: Path, dtype: str) -> None:
+    """Lakes written before the bytes layout hold act as fixed-size lists: both read to the same matrix."""
+    values = np.random.default_rng(3).standard_normal((50, 6)).astype(dtype)
+    pos = pa.array(np.arange(50, dtype=np.int32))
+    current = pa.Table.from_arrays([pos, act_array(values)], schema=activations_schema(6, dtype))
+    legacy_act = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 6)
+    legacy = pa.Table.from_arrays([pos, legacy_act], schema=activations_schema(6, dtype, legacy=True))
+    lake = Lake(tmp_path)
+    lake.write_table(_key(0), current, {})
+    lake.write_table(_key(1), legacy, {})
+    assert pq.read_schema(lake.path(_key(0))).field("act").type == pa.binary(6 * np.dtype(dtype).itemsize)
+    for layer in (0, 1):
+        np.testing.assert_array_equal(lake.read_layer("m", "resid", layer), values.astype(np.float32))
+    np.testing.assert_array_equal(act_values(current.slice(10, 5)), values[10:15])  # a slice reads its own rows
+    from tnb.query import activation_cells
+
+    for layer in (0, 1):
+        cells = activation_cells(lake, "m", "resid", layer).collect().sort("pos", "neuron")
+        np.testing.assert_array_equal(cells["value"].to_numpy().reshape(50, 6), values.astype(np.float64))
+
+
+def test_act_columns_without_their_layout_are_refused(tmp_path: Path) -> None:
+    bare = pa.table({"pos": pa.array([0, 1], pa.int32()), "act": pa.array([b"abcd", b"efgh"], pa.binary(4))})
+    with pytest.raises(SchemaError, match="does not match the activations table"):
+        Lake(tmp_path).write_table(_key(), bare, {})
+    with pytest.raises(SchemaError, match="no tnb.dtype/tnb.width metadata"):
+        act_values(bare)
+    with pytest.raises(ValueError, match="2-D float16 or float32 array. Got float64"):
+        act_array(np.zeros((2, 3)))
+    assert not any(name.startswith("activations/") for name in lake_snapshot(tmp_path))  # nothing half-written

@@ -25,7 +25,7 @@ from tnb.bicluster_stage import (
 )
 from tnb.errors import LakeError
 from tnb.lake import Lake, partition_key
-from tnb.schemas import MODELS, TOKENS, activations_schema
+from tnb.schemas import MODELS, TOKENS, act_array, activations_schema
 
 SMALL = {"row_ks": (2, 3), "col_ks": (2, 3), "n_null": 3, "n_seeds": 1, "n_shuffles": 0}
 N_TOKENS, WIDTH, SEQ_LEN = 96, 12, 32
@@ -34,7 +34,7 @@ N_TOKENS, WIDTH, SEQ_LEN = 96, 12, 32
 def _activations(n_tokens: int, seed: int, dtype: str = "float16") -> pa.Table:
     rng = np.random.default_rng(seed)
     values = rng.standard_normal((n_tokens, WIDTH)) + np.repeat(np.eye(3), [4, 4, 4], axis=1)[rng.integers(0, 3, n_tokens)]
-    act = pa.FixedSizeListArray.from_arrays(pa.array(values.astype(dtype).ravel()), WIDTH)
+    act = act_array(values.astype(dtype))
     return pa.Table.from_arrays([pa.array(np.arange(n_tokens, dtype=np.int32)), act], schema=activations_schema(WIDTH, dtype))
 
 

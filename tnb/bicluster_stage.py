@@ -40,7 +40,7 @@ from tnb import __version__
 from tnb.errors import LakeError
 from tnb.lake import Lake, PartitionKey, PartitionValue, partition_key
 from tnb.params import INPUTS, METHODS, NULLS, SELECTION_RULES, STATISTICS, BiclusterParams, StageError
-from tnb.schemas import LABELS, METRICS
+from tnb.schemas import LABELS, METRICS, act_layout
 
 __all__ = [
     "INPUTS",
@@ -293,7 +293,10 @@ def check_grid_fits(lake: Lake, model: str, site: str, layer: int, params: Biclu
         raise LakeError(f"{key} is missing or incomplete in {lake.root}; re-run extract")
     rows = int(manifest["rows"])
     schema = pq.read_schema(lake.path(key))
-    width = schema.field("act").type.list_size
+    layout = act_layout(schema.field("act"))
+    if layout is None:
+        raise LakeError(f"{key} in {lake.root} has no activations column act (type {schema.field('act').type}); re-run extract")
+    width = layout[0]
     if "special" in schema.names:  # rows of special tokens are not clustered
         special = pq.read_table(lake.path(key), columns=["special"]).column("special")
         rows -= int(np.count_nonzero(special.to_numpy(zero_copy_only=False)))

@@ -176,7 +176,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def _float_columns(schema: pa.Schema) -> list[str]:
+    """Columns of floats: float scalars, lists of floats and ``act`` (floats stored as bytes)."""
     import pyarrow as pa
+
+    from tnb.schemas import act_layout
 
     def is_float(dtype: pa.DataType) -> bool:
         if pa.types.is_floating(dtype):
@@ -185,21 +188,55 @@ def _float_columns(schema: pa.Schema) -> list[str]:
             return is_float(dtype.value_type)
         return False
 
-    return [field.name for field in schema if is_float(field.type)]
+    return [field.name for field in schema if is_float(field.type) or act_layout(field) is not None]
 
 
-def _vector_width(dtype: pa.DataType) -> int:
-    """Values per row of a column: a fixed-size list's size (nested ones multiplied), else 1."""
+def _vector_width(field: pa.Field) -> int:
+    """Values per row of a column: ``act``'s width, a fixed-size list's size (nested ones multiplied), else 1."""
     import pyarrow as pa
 
+    from tnb.schemas import act_layout
+
+    layout = act_layout(field)
+    if layout is not None:
+        return layout[0]
+    dtype = field.type
     if pa.types.is_fixed_size_list(dtype):
-        return dtype.list_size * _vector_width(dtype.value_type)
+        return dtype.list_size * _vector_width(pa.field("item", dtype.value_type))
     return 1
 
 
 def row_group_rows(schema: pa.Schema) -> int:
     """Rows per row group: :data:`ROW_GROUP_VALUES` values of the widest column (at least one row)."""
-    return max(1, ROW_GROUP_VALUES // max(_vector_width(field.type) for field in schema))
+    return max(1, ROW_GROUP_VALUES // max(_vector_width(field) for field in schema))
+
+
+def act_values(table: pa.Table) -> np.ndarray:
+    """A table's ``act`` column as an array of shape (rows, width) in its stored dtype.
+
+    Reads both layouts (:func:`tnb.schemas.act_layout`): bytes of little-endian floats (a
+    view of the column's buffer where it is one chunk) and the older fixed-size lists.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from tnb.schemas import act_layout
+
+    field = table.schema.field("act")
+    layout = act_layout(field)
+    if layout is None:
+        raise SchemaError(f"column act of type {field.type} holds no activations (no tnb.dtype/tnb.width metadata)")
+    width, dtype = layout
+    acts = table.column("act").combine_chunks()
+    if acts.null_count:
+        raise SchemaError(f"column act has {acts.null_count} null rows; every row needs its activations")
+    if len(acts) == 0:
+        return np.empty((0, width), dtype=dtype)
+    if isinstance(acts, pa.FixedSizeListArray):
+        return acts.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    item = np.dtype(dtype).newbyteorder("<")
+    data = np.frombuffer(acts.buffers()[1], dtype=item, count=len(acts) * width, offset=acts.offset * width * item.itemsize)
+    return data.reshape(-1, width)
 
 
 class PartitionWriter:
@@ -226,7 +263,7 @@ class PartitionWriter:
         floats = _float_columns(schema)
         dictionary = [name for name in schema.names if name not in floats]
         # no min/max of a vector column: it says nothing, and costs ~1/3 of writing float16 vectors
-        statistics = [field.name for field in schema if not (field.name in floats and _vector_width(field.type) > 1)]
+        statistics = [field.name for field in schema if not (field.name in floats and _vector_width(field) > 1)]
         self._row_group_rows = row_group_rows(schema)
         try:
             self._writer = pq.ParquetWriter(
@@ -756,9 +793,8 @@ class Lake:
 
         key = partition_key("activations", model=model, site=site, layer=layer)
         table = self.read(key)
-        acts = table.column("act").combine_chunks()
-        width = acts.type.list_size
-        values = acts.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+        values = act_values(table)
+        width = values.shape[1]
         pos = table.column("pos").fill_null(-1).to_numpy().astype(np.int32, copy=False)
         if "special" in table.schema.names and include_special:
             seq_id, wrapped_pos = (table.column(name).to_numpy() for name in ("seq_id", "wrapped_pos"))

@@ -176,9 +176,21 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
     key = partition_key("activations", model=model, site=site, layer=layer)
     if lake.manifest(key) is None:
         raise QueryError(f"partition {key} is not in the lake at {lake.root}; extract it first")
-    frame = pl.scan_parquet(lake.partition_dir(key) / DATA_FILE)
+    path = lake.partition_dir(key) / DATA_FILE
+    frame = pl.scan_parquet(path)
     if "special" in frame.collect_schema().names():  # rows of special tokens have no pos: not content
         frame = frame.filter(~pl.col("special"))
+    if frame.collect_schema()["act"] == pl.Binary:  # each row's floats as bytes (tnb.schemas.activations_schema)
+        import pyarrow.parquet as pq
+
+        from tnb.schemas import act_layout
+
+        layout = act_layout(pq.read_schema(path).field("act"))
+        if layout is None:
+            raise QueryError(f"partition {key} has no activations column act in {path}")
+        width, dtype = layout
+        value_type = pl.Float16 if dtype == "float16" else pl.Float32
+        frame = frame.with_columns(pl.col("act").bin.reinterpret(dtype=pl.Array(value_type, width), endianness="little"))
     return (
         frame.with_columns(
             neuron=pl.int_ranges(0, pl.col("act").arr.len(), dtype=pl.Int64),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tnb.metrics import (
     adjusted_r2,
+    adjusted_rand,
     block_r2,
     block_sums,
     grid_r2_parts,
@@ -262,3 +263,24 @@ def test_cluster_and_bicluster_specialization() -> None:
     np.testing.assert_allclose(lift[:, 0], 1.0)  # neuron cluster 0 gets each token cluster's fair share
     # Neuron cluster 1 = neurons 1 and 2: lift 60/20 = 3 on cluster 1 (neuron 1), 60/30 = 2 on cluster 2 (neuron 2).
     np.testing.assert_allclose(lift[:, 1], [0.0, 1.5, 1.0])
+
+
+@pytest.mark.parametrize("n, k_a, k_b", [(20000, 12, 9), (768, 6, 12), (50, 1, 3), (7, 7, 7), (1, 1, 1)])
+def test_adjusted_rand_equals_scikit_learn(n: int, k_a: int, k_b: int) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(n + k_a)
+    a = rng.integers(0, k_a, n)
+    related = np.where(rng.random(n) < 0.7, a % k_b, rng.integers(0, k_b, n))  # planted agreement
+    for b in (related, rng.integers(0, k_b, n), a, (a * 7 - 3).astype(np.int32)):  # relabelled a: ARI 1
+        assert adjusted_rand(a, b) == adjusted_rand_score(a, b)
+    assert adjusted_rand(a, (a * 7 - 3).astype(np.int32)) == 1.0
+    if n > 100:
+        assert adjusted_rand(a, related) > 0.3 > abs(adjusted_rand(a, rng.integers(0, k_b, n)))
+
+
+def test_adjusted_rand_checks_its_input() -> None:
+    with pytest.raises(ValueError, match=r"labels_b should have shape \(3,\). Got \(2,\) instead"):
+        adjusted_rand([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError, match="labels_a should hold integers. Got dtype float64"):
+        adjusted_rand([0.5, 1.0], [0, 1])

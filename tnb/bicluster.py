@@ -27,9 +27,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 
-from tnb.metrics import adjusted_r2, grid_r2_parts, permutation_tests, total_sum_of_squares
+from tnb.metrics import adjusted_r2, adjusted_rand, grid_r2_parts, permutation_tests, total_sum_of_squares
 from tnb.nulls import (  # null_matrix, null_statistics, refit_null are re-exported
     NULLS,
     STATISTICS,
@@ -250,7 +249,7 @@ def _stability(label_sets: list[np.ndarray]) -> float:
     if len(label_sets) < 2:
         return 1.0
     scores = [
-        adjusted_rand_score(label_sets[i], label_sets[j])
+        adjusted_rand(label_sets[i], label_sets[j])
         for i in range(len(label_sets))
         for j in range(i + 1, len(label_sets))
     ]

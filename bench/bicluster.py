@@ -42,10 +42,8 @@ from tnb.bicluster import grid_search
 from tnb.metrics import (
     adjusted_r2,
     block_r2,
-    block_sums,
+    grid_r2_parts,
     permutation_test,
-    statistic_from_sums,
-    total_sum_of_squares,
 )
 from tnb.prepare import prepare
 from tnb.spectral import _Settings, fit_grid_timed
@@ -156,14 +154,11 @@ def sklearn_per_point(A, grid, seed, n_permutations):
 
 
 def _score(A, fits):
-    """R^2 and adjusted R^2 of every grid point (the score parts of a fit, no null)."""
-    sum_squares, total, n_elements = total_sum_of_squares(A)  # once per matrix, as grid_search does
-    out = {}
-    for (row_k, col_k), (row_labels, col_labels) in fits.items():
-        sums, sizes = block_sums(A, row_labels, col_labels)
-        r2 = float(statistic_from_sums(sums, sizes, "r2", total=total, sum_squares=sum_squares, n_elements=n_elements))
-        out[(row_k, col_k)] = (r2, adjusted_r2(r2, n_elements, int(np.count_nonzero(sizes))))
-    return out
+    """R^2 and adjusted R^2 of every grid point (the score parts of a fit, no null), as grid_search scores them:
+    one pass over the matrix for all points (``grid_r2_parts``). scikit-learn's fits are scored the same way."""
+    pairs = list(fits)
+    parts = grid_r2_parts(A, [fits[pair] for pair in pairs])
+    return {pair: (p["r2"], adjusted_r2(p["r2"], A.size, p["n_blocks"])) for pair, p in zip(pairs, parts)}
 
 
 def tnb_grid_fit(A, grid, seed):

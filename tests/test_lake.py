@@ -20,7 +20,7 @@ from tests.conftest import lake_snapshot
 from tnb import lake as lake_module
 from tnb.errors import LakeError, SchemaError
 from tnb.lake import Lake, act_values, partition_key, sanitize_value
-from tnb.schemas import act_array, activations_schema
+from tnb.schemas import ACT_DTYPE_KEY, ACT_WIDTH_KEY, act_array, activations_schema
 
 
 def _acts(n_rows: int, width: int, seed: int = 0, start: int = 0) -> pa.Table:
@@ -443,6 +443,8 @@ def test_act_bytes_and_legacy_lists_read_the_same(tmp_path: Path, dtype: str) ->
     lake.write_table(_key(0), current, {})
     lake.write_table(_key(1), legacy, {})
     assert pq.read_schema(lake.path(_key(0))).field("act").type == pa.binary(6 * np.dtype(dtype).itemsize)
+    file_metadata = pl.read_parquet_metadata(lake.path(_key(0)))  # what the Polars-only readers see
+    assert (file_metadata[ACT_DTYPE_KEY], file_metadata[ACT_WIDTH_KEY]) == (dtype, "6")
     for layer in (0, 1):
         np.testing.assert_array_equal(lake.read_layer("m", "resid", layer), values.astype(np.float32))
     np.testing.assert_array_equal(act_values(current.slice(10, 5)), values[10:15])  # a slice reads its own rows

@@ -17,3 +17,9 @@ PARTITION_KEYS: dict[str, tuple[str, ...]] = {
 
 #: Integer-valued partition keys (everything else is a string).
 INT_KEYS = frozenset({"layer", "drop_first"})
+
+#: Keys of an activations file's metadata that say how its ``act`` bytes read as floats (the
+#: same as the ``act`` field's metadata, ``tnb.schemas.activations_schema``): the file-level
+#: copy is what Polars sees (``pl.read_parquet_metadata``), without pyarrow.
+ACT_DTYPE_KEY = "tnb.act_dtype"
+ACT_WIDTH_KEY = "tnb.act_width"

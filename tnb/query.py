@@ -43,7 +43,7 @@ import polars as pl
 
 import tnb
 from tnb.errors import LakeError, TnbError
-from tnb.keys import PARTITION_KEYS
+from tnb.keys import ACT_DTYPE_KEY, ACT_WIDTH_KEY, PARTITION_KEYS
 from tnb.lake import DATA_FILE, Lake, partition_key
 from tnb.query_params import PARAMS
 
@@ -181,14 +181,11 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
     if "special" in frame.collect_schema().names():  # rows of special tokens have no pos: not content
         frame = frame.filter(~pl.col("special"))
     if frame.collect_schema()["act"] == pl.Binary:  # each row's floats as bytes (tnb.schemas.activations_schema)
-        import pyarrow.parquet as pq
-
-        from tnb.schemas import act_layout
-
-        layout = act_layout(pq.read_schema(path).field("act"))
-        if layout is None:
-            raise QueryError(f"partition {key} has no activations column act in {path}")
-        width, dtype = layout
+        metadata = pl.read_parquet_metadata(path)
+        dtype, width_text = metadata.get(ACT_DTYPE_KEY), metadata.get(ACT_WIDTH_KEY, "")
+        if dtype not in ("float16", "float32") or not width_text.isdigit():
+            raise QueryError(f"partition {key} in {path} does not say how its act bytes read ({ACT_DTYPE_KEY}, {ACT_WIDTH_KEY})")
+        width = int(width_text)
         value_type = pl.Float16 if dtype == "float16" else pl.Float32
         frame = frame.with_columns(pl.col("act").bin.reinterpret(dtype=pl.Array(value_type, width), endianness="little"))
     return (

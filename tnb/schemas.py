@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tnb.keys import INT_KEYS, PARTITION_KEYS  # noqa: F401  (re-exported: they belong with the schemas)
+from tnb.keys import ACT_DTYPE_KEY, ACT_WIDTH_KEY, INT_KEYS, PARTITION_KEYS  # noqa: F401  (re-exported: they belong with the schemas)
 
 TOKENS = pa.schema(
     [
@@ -158,7 +158,11 @@ def activations_schema(width: int, dtype: str = "float16", special: bool = False
     else:
         metadata = {ACT_DTYPE: dtype.encode(), ACT_WIDTH: str(width).encode()}
         act = pa.field("act", pa.binary(width * _ITEMSIZE[dtype]), metadata=metadata)
-    return pa.schema([pa.field("pos", pa.int32()), act] + (list(SPECIAL_COLUMNS) if special else []))
+    fields = [pa.field("pos", pa.int32()), act] + (list(SPECIAL_COLUMNS) if special else [])
+    if legacy:
+        return pa.schema(fields)
+    # The file's key-value metadata repeats the layout: Polars reads it without pyarrow.
+    return pa.schema(fields, metadata={ACT_DTYPE_KEY: dtype, ACT_WIDTH_KEY: str(width)})
 
 
 def act_layout(field: pa.Field) -> tuple[int, str] | None:

@@ -353,8 +353,7 @@ def _row_columns(
 
 def _activation_table(columns: Mapping[str, pa.Array], values: Any, width: int, schema: pa.Schema) -> pa.Table:
     """``values`` (a host tensor of shape (batch, seq, width), already in the stored dtype) as rows."""
-    flat = values.contiguous().numpy().reshape(-1)
-    act = act_array(flat.reshape(-1, width))  # each row's values as bytes (tnb.schemas.activations_schema)
+    act = act_array(values.contiguous().numpy().reshape(-1, width))  # each row's values as bytes (tnb.schemas.activations_schema)
     return pa.Table.from_arrays([columns["pos"], act, *(columns[name] for name in schema.names[2:])], schema=schema)
 
 

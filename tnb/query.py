@@ -178,9 +178,10 @@ def activation_cells(lake: Lake, model: str, site: str, layer: int) -> pl.LazyFr
         raise QueryError(f"partition {key} is not in the lake at {lake.root}; extract it first")
     path = lake.partition_dir(key) / DATA_FILE
     frame = pl.scan_parquet(path)
-    if "special" in frame.collect_schema().names():  # rows of special tokens have no pos: not content
+    schema = frame.collect_schema()
+    if "special" in schema.names():  # rows of special tokens have no pos: not content
         frame = frame.filter(~pl.col("special"))
-    if frame.collect_schema()["act"] == pl.Binary:  # each row's floats as bytes (tnb.schemas.activations_schema)
+    if schema["act"] == pl.Binary:  # each row's floats as bytes (tnb.schemas.activations_schema)
         metadata = pl.read_parquet_metadata(path)
         dtype, width_text = metadata.get(ACT_DTYPE_KEY), metadata.get(ACT_WIDTH_KEY, "")
         if dtype not in ("float16", "float32") or not width_text.isdigit():

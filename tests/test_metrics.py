@@ -21,6 +21,9 @@ from tnb.metrics import (
     total_sum_of_squares,
 )
 from tnb.specialization import (
+    _association_and_cluster,
+    _kl_from_sizes,
+    association_specialization,
     bicluster_specialization,
     cluster_specialization,
     neuron_specialization,
@@ -263,6 +266,54 @@ def test_cluster_and_bicluster_specialization() -> None:
     np.testing.assert_allclose(lift[:, 0], 1.0)  # neuron cluster 0 gets each token cluster's fair share
     # Neuron cluster 1 = neurons 1 and 2: lift 60/20 = 3 on cluster 1 (neuron 1), 60/30 = 2 on cluster 2 (neuron 2).
     np.testing.assert_allclose(lift[:, 1], [0.0, 1.5, 1.0])
+
+
+def _planted_association(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """|noise| with loud tokens, and neurons 0-5 twice as active on one token cluster each."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 4, 2000)
+    loudness = rng.gamma(2.0, 1.0, (2000, 1))  # every neuron responds to a loud token
+    A = np.abs(rng.standard_normal((2000, 30))) * loudness
+    for neuron in range(6):
+        A[rows == neuron % 4, neuron] *= 2.0
+    return A.astype(np.float32), rows, rng.permuted(A, axis=0).astype(np.float32)
+
+
+def test_association_specialization_finds_planted_preferences_and_not_loudness() -> None:
+    A, rows, shuffled = _planted_association(0)
+    spec = association_specialization(A, rows, n_shuffles=10, random_state=0)
+    # The planted neurons carry information about the token cluster; the others (only
+    # loudness, shared by all neurons) and every column-shuffled neuron carry ~none.
+    assert spec[:6].min() > 0.03
+    assert np.abs(spec[6:]).max() < 0.005
+    assert np.abs(association_specialization(shuffled, rows, n_shuffles=10, random_state=0)).max() < 0.005
+
+
+def test_association_and_cluster_from_one_product_equal_the_per_labeling_definition() -> None:
+    A, rows, _ = _planted_association(1)
+    mi, cluster = _association_and_cluster(A, rows, n_shuffles=4, random_state=3)
+    np.testing.assert_allclose(mi, association_specialization(A, rows, n_shuffles=4, random_state=3), rtol=1e-9)
+    # float32 products of different widths: equal to float32 rounding
+    np.testing.assert_allclose(cluster, cluster_specialization(A, rows), rtol=1e-4, atol=1e-7)
+
+    # The definition, one labeling at a time in float64: KL(p_j || pi) of the observed labels
+    # minus its mean over the same label shuffles (drawn from the same seed).
+    def kl(labels: np.ndarray) -> np.ndarray:
+        mass = np.stack([A[labels == r].astype(np.float64).sum(axis=0) for r in range(4)])
+        overall = mass.sum(axis=1)
+        return _kl_from_sizes(mass, overall / overall.sum())
+
+    rng = np.random.default_rng(np.random.SeedSequence(3))
+    shuffles = [rng.permutation(rows) for _ in range(4)]
+    expected = kl(rows) - np.mean([kl(labels) for labels in shuffles], axis=0)
+    np.testing.assert_allclose(mi, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_association_specialization_checks_its_input() -> None:
+    with pytest.raises(ValueError, match="n_shuffles should be an int >= 1. Got 0 instead"):
+        association_specialization(np.ones((4, 2)), [0, 1, 0, 1], n_shuffles=0)
+    with pytest.raises(ValueError, match="at least 2 clusters. Got 1 instead"):
+        _association_and_cluster(np.ones((4, 2)), [0, 0, 0, 0], n_shuffles=1, random_state=0)
 
 
 @pytest.mark.parametrize("n, k_a, k_b", [(20000, 12, 9), (768, 6, 12), (50, 1, 3), (7, 7, 7), (1, 1, 1)])

@@ -44,6 +44,21 @@ def _token_cluster_mass(array: np.ndarray, rows: np.ndarray, row_k: int) -> np.n
     return (array.T @ _onehot(rows, row_k)).T.astype(np.float64)
 
 
+def _token_cluster_masses(array: np.ndarray, labelings: list[np.ndarray], row_k: int) -> list[np.ndarray]:
+    """:func:`_token_cluster_mass` of several labelings with ``row_k`` clusters, from ONE GEMM.
+
+    The labelings' indicator matrices are stacked side by side (n_tokens x
+    len(labelings) * row_k), so the matrix is read once for all of them: one
+    wide product instead of several narrow ones, which BLAS runs 3-4x faster.
+    """
+    n_tokens = array.shape[0]
+    stacked = np.zeros((n_tokens, len(labelings) * row_k), dtype=np.float32)
+    for index, labels in enumerate(labelings):
+        stacked[np.arange(n_tokens), index * row_k + labels] = 1
+    masses = (array.T @ stacked).T.astype(np.float64)
+    return [masses[index * row_k : (index + 1) * row_k] for index in range(len(labelings))]
+
+
 def neuron_specialization(A) -> np.ndarray:
     """Per-neuron specialization ``1 - H(p) / log(n_tokens)``.
 
@@ -120,9 +135,7 @@ def cluster_specialization(A, row_labels) -> np.ndarray:
     rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
     if row_k < 2:
         raise ValueError(f"row_labels should name at least 2 clusters. Got {row_k} instead.")
-    mass = _token_cluster_mass(array, rows, row_k)
-    cluster_share = np.bincount(rows, minlength=row_k) / rows.size
-    return _entropy_specialization(mass / cluster_share[:, None], row_k)
+    return _cluster_specialization_from_mass(_token_cluster_mass(array, rows, row_k), rows, row_k)
 
 
 def bicluster_specialization(A, row_labels, col_labels) -> np.ndarray:
@@ -198,19 +211,46 @@ def association_specialization(A, row_labels, *, n_shuffles: int = 10, random_st
     if not _is_count(n_shuffles) or n_shuffles < 1:
         raise ValueError(f"n_shuffles should be an int >= 1. Got {n_shuffles!r} instead.")
     rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    return _association_and_mass(array, rows, row_k, n_shuffles, random_state)[0]
 
-    def kl(labels: np.ndarray) -> np.ndarray:
-        mass = _token_cluster_mass(array, labels, row_k)
+
+def _association_and_mass(
+    array: np.ndarray, rows: np.ndarray, row_k: int, n_shuffles: int, random_state
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`association_specialization` of compacted labels, and the observed (row_k, n_neurons) mass.
+
+    The observed labels and their ``n_shuffles`` shuffles are one GEMM
+    (:func:`_token_cluster_masses`); the mass is returned so that
+    :func:`cluster_specialization` of the same labels needs no other pass.
+    """
+
+    def kl(mass: np.ndarray) -> np.ndarray:
         overall = mass.sum(axis=1)
         share = overall / overall.sum() if overall.sum() > 0 else np.full(row_k, 1.0 / row_k)
         return _kl_from_sizes(mass, share)
 
-    observed = kl(rows)
     rng = np.random.default_rng(_seed_sequence(random_state))
-    expected = np.zeros_like(observed)
-    for _ in range(n_shuffles):  # a few GEMMs, not a loop over elements
-        expected += kl(rng.permutation(rows))
-    return observed - expected / n_shuffles
+    labelings = [rows] + [rng.permutation(rows) for _ in range(n_shuffles)]
+    masses = _token_cluster_masses(array, labelings, row_k)
+    expected = np.zeros(array.shape[1])
+    for mass in masses[1:]:  # n_shuffles small (k, n_neurons) arrays
+        expected += kl(mass)
+    return kl(masses[0]) - expected / n_shuffles, masses[0]
+
+
+def _cluster_specialization_from_mass(mass: np.ndarray, rows: np.ndarray, row_k: int) -> np.ndarray:
+    cluster_share = np.bincount(rows, minlength=row_k) / rows.size
+    return _entropy_specialization(mass / cluster_share[:, None], row_k)
+
+
+def _association_and_cluster(A, row_labels, *, n_shuffles: int, random_state) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`association_specialization`, :func:`cluster_specialization`) of one labeling, from one GEMM."""
+    array = _as_float32(A)
+    rows, row_k = _compact(row_labels, array.shape[0], "row_labels")
+    association, mass = _association_and_mass(array, rows, row_k, n_shuffles, random_state)
+    if row_k < 2:
+        raise ValueError(f"row_labels should name at least 2 clusters. Got {row_k} instead.")
+    return association, _cluster_specialization_from_mass(mass, rows, row_k)
 
 
 def noise_specialization(shape: tuple[int, int], *, signed: bool = False, random_state=None) -> float:

@@ -97,6 +97,33 @@ def test_projection_kmeans_names_the_bad_value(kwargs, match) -> None:
         kmeans(_projection_like(0)[:50], **kwargs)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_assignment_is_the_nearest_centre_ties_to_the_lower_index(dtype) -> None:
+    from tnb.kmeans import _BLOCK, _assign
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((3, 3 * _BLOCK + 17)).astype(dtype)
+    centers = rng.standard_normal((9, 3))
+    centers[5] = centers[2]  # an exact tie everywhere: the lower index must win
+    centers[7] = features[:, 11]  # a point sitting on a centre: distance 0
+    labels = np.full(features.shape[1], -1, dtype=np.int32)
+    distances = np.empty(features.shape[1], dtype=dtype)
+    changed = _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype))
+    # the reference: the same float operations in NumPy, then the first minimum
+    reference = np.zeros((9, features.shape[1]), dtype=dtype)
+    for f in range(3):
+        reference += np.square(features[f][np.newaxis, :] - centers[:, f].astype(dtype)[:, np.newaxis])
+    np.testing.assert_array_equal(labels, reference.argmin(axis=0))
+    np.testing.assert_array_equal(distances, reference.min(axis=0))
+    assert changed == features.shape[1] and 2 in labels and 5 not in labels and labels[11] == 7
+    assert _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype)) == 0
+
+
+def test_projection_kmeans_refuses_more_clusters_than_its_labels_hold() -> None:
+    with pytest.raises(ValueError, match=r"n_clusters should be < 2\*\*24. Got 16777216 instead"):
+        kmeans(np.zeros((2**24, 1), dtype=np.float32), 2**24)
+
+
 @pytest.mark.parametrize("noise", [1.0, 10.0, 30.0, 60.0])
 def test_planted_checkerboard_consensus_at_least_sklearn(noise) -> None:
     X, rows, cols = make_checkerboard((400, 150), (4, 3), noise=noise, random_state=0)

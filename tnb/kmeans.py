@@ -255,7 +255,7 @@ def _seed(features, k, n_trials, draws):
                 _block_sq_dists(features, start, stop, point, block)
                 nearest = closest[start:stop]
                 for i in range(stop - start):
-                    block[i] = min(block[i], nearest[i])
+                    block[i] = np.minimum(block[i], nearest[i])  # np.minimum vectorizes; min() branches
             pot = _sum(candidate)
             if pot < best_pot:
                 best_pot = pot
@@ -268,26 +268,37 @@ def _seed(features, k, n_trials, draws):
 
 @numba.njit(**_JIT)
 def _assign(features, centers, labels, distances, scratch):
-    """Nearest centre of every point (ties to the lower index); returns how many labels changed."""
+    """Nearest centre of every point (ties to the lower index); returns how many labels changed.
+
+    The running nearest label of a block is kept as a float of the data's type
+    (exact: ``kmeans`` checks ``k < 2**24``) and updated by ``np.minimum`` and a
+    multiply-add, not by a conditional: LLVM vectorizes that select across 8
+    points, where a ``d if closer else b`` stays a branch (2x faster, same labels
+    and distances to the bit).
+    """
     n = features.shape[1]
     centers = centers.astype(features.dtype)  # distances in the data's precision, as scikit-learn
     changed = 0
-    best_label = np.empty(_BLOCK, dtype=np.int32)  # as wide as float32 distances: the select vectorizes
+    best_label = np.empty(_BLOCK, dtype=scratch.dtype)
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
         size = stop - start
         best = distances[start:stop]
         best[:] = np.inf
+        best_label[:] = 0
         for c in range(centers.shape[0]):
             _block_sq_dists(features, start, stop, centers[c], scratch)
+            label = scratch.dtype.type(c)
             for i in range(size):
-                closer = scratch[i] < best[i]
-                best[i] = scratch[i] if closer else best[i]
-                best_label[i] = np.int32(c) if closer else best_label[i]
+                distance = scratch[i]
+                closer = scratch.dtype.type(distance < best[i])  # 1 or 0: strictly closer keeps the lower index
+                best[i] = np.minimum(distance, best[i])
+                best_label[i] += closer * (label - best_label[i])
         block_labels = labels[start:stop]
         for i in range(size):
-            changed += best_label[i] != block_labels[i]
-            block_labels[i] = best_label[i]
+            new = np.int32(best_label[i])
+            changed += new != block_labels[i]
+            block_labels[i] = new
     return changed
 
 
@@ -385,6 +396,8 @@ def kmeans(
     n_samples = features.shape[1]
     if not 1 <= n_clusters <= n_samples:
         raise ValueError(f"n_clusters should be in [1, n_samples={n_samples}]. Got {n_clusters} instead.")
+    if n_clusters >= 2**24:  # labels are carried as floats in the assignment kernel
+        raise ValueError(f"n_clusters should be < 2**24. Got {n_clusters} instead.")
     if n_init < 1:
         raise ValueError(f"n_init should be >= 1. Got {n_init} instead.")
     rng = check_random_state(random_state)

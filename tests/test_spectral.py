@@ -108,7 +108,8 @@ def test_projection_assignment_is_the_nearest_centre_ties_to_the_lower_index(dty
     centers[7] = features[:, 11]  # a point sitting on a centre: distance 0
     labels = np.full(features.shape[1], -1, dtype=np.int32)
     distances = np.empty(features.shape[1], dtype=dtype)
-    changed = _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype))
+    sums, counts = np.zeros((9, 3)), np.zeros(9, dtype=np.int64)
+    changed = _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype), sums, counts)
     # the reference: the same float operations in NumPy, then the first minimum
     reference = np.zeros((9, features.shape[1]), dtype=dtype)
     for f in range(3):
@@ -116,7 +117,17 @@ def test_projection_assignment_is_the_nearest_centre_ties_to_the_lower_index(dty
     np.testing.assert_array_equal(labels, reference.argmin(axis=0))
     np.testing.assert_array_equal(distances, reference.min(axis=0))
     assert changed == features.shape[1] and 2 in labels and 5 not in labels and labels[11] == 7
-    assert _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype)) == 0
+    # the running sums and sizes follow the labels, also when points move between clusters
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=9))
+    for f in range(3):
+        np.testing.assert_allclose(sums[:, f], np.bincount(labels, weights=features[f].astype(np.float64), minlength=9))
+    assert _assign(features, centers, labels, distances, np.empty(_BLOCK, dtype=dtype), sums, counts) == 0
+    moved = _assign(features, centers[::-1].copy(), labels, distances, np.empty(_BLOCK, dtype=dtype), sums, counts)
+    assert moved > 0
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=9))
+    for f in range(3):
+        np.testing.assert_allclose(sums[:, f], np.bincount(labels, weights=features[f].astype(np.float64), minlength=9),
+                                   atol=1e-9)
 
 
 def test_projection_kmeans_refuses_more_clusters_than_its_labels_hold() -> None:

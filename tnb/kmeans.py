@@ -267,7 +267,7 @@ def _seed(features, k, n_trials, draws):
 
 
 @numba.njit(**_JIT)
-def _assign(features, centers, labels, distances, scratch):
+def _assign(features, centers, labels, distances, scratch, sums, counts):
     """Nearest centre of every point (ties to the lower index); returns how many labels changed.
 
     The running nearest label of a block is kept as a float of the data's type
@@ -275,8 +275,14 @@ def _assign(features, centers, labels, distances, scratch):
     multiply-add, not by a conditional: LLVM vectorizes that select across 8
     points, where a ``d if closer else b`` stays a branch (2x faster, same labels
     and distances to the bit).
+
+    ``sums`` and ``counts`` (each cluster's float64 feature sums and size) follow
+    the labels: a point that changes cluster is moved from its old cluster's sums
+    to its new one's (label -1: in none yet), so the update step costs the points
+    that moved, not all of them.
     """
     n = features.shape[1]
+    n_features = features.shape[0]
     centers = centers.astype(features.dtype)  # distances in the data's precision, as scikit-learn
     changed = 0
     best_label = np.empty(_BLOCK, dtype=scratch.dtype)
@@ -294,29 +300,27 @@ def _assign(features, centers, labels, distances, scratch):
                 closer = scratch.dtype.type(distance < best[i])  # 1 or 0: strictly closer keeps the lower index
                 best[i] = np.minimum(distance, best[i])
                 best_label[i] += closer * (label - best_label[i])
-        block_labels = labels[start:stop]
         for i in range(size):
             new = np.int32(best_label[i])
-            changed += new != block_labels[i]
-            block_labels[i] = new
+            old = labels[start + i]
+            if new != old:
+                changed += 1
+                labels[start + i] = new
+                counts[new] += 1
+                if old >= 0:
+                    counts[old] -= 1
+                for f in range(n_features):
+                    value = np.float64(features[f, start + i])
+                    sums[new, f] += value
+                    if old >= 0:
+                        sums[old, f] -= value
     return changed
 
 
 @numba.njit(**_JIT)
-def _update(features, labels, distances, centers):
-    """Centre means; an empty cluster takes the point farthest from its centre (as scikit-learn)."""
+def _update(features, labels, distances, centers, sums, counts):
+    """Centre means from the running sums; an empty cluster takes the point farthest from its centre (as scikit-learn)."""
     k, n_features = centers.shape
-    n = features.shape[1]
-    sums = np.zeros((k, n_features))
-    counts = np.zeros(k, dtype=np.int64)
-    # Points outer, features inner: the features' sums are independent chains (a loop over
-    # one feature at a time stalls on every add into the same cluster's sum); each sum still
-    # adds its points in index order, so the centres are the same to the bit.
-    for i in range(n):
-        label = labels[i]
-        counts[label] += 1
-        for f in range(n_features):
-            sums[label, f] += features[f, i]
     n_empty = 0
     for c in range(k):
         if counts[c] == 0:
@@ -346,15 +350,18 @@ def _update(features, labels, distances, centers):
 def _lloyd(features, centers, max_iter, tol):
     """scikit-learn's Lloyd loop: stop on unchanged labels or a total squared centre shift <= tol."""
     n = features.shape[1]
+    k, n_features = centers.shape
     labels = np.full(n, -1, dtype=np.int32)
     distances = np.empty(n, dtype=features.dtype)
     scratch = np.empty(_BLOCK, dtype=features.dtype)
+    sums = np.zeros((k, n_features))
+    counts = np.zeros(k, dtype=np.int64)
     strict = False
     for _ in range(max_iter):
-        if _assign(features, centers, labels, distances, scratch) == 0:
+        if _assign(features, centers, labels, distances, scratch, sums, counts) == 0:
             strict = True
             break
-        new = _update(features, labels, distances, centers)
+        new = _update(features, labels, distances, centers, sums, counts)
         shift = 0.0
         for c in range(centers.shape[0]):
             for f in range(centers.shape[1]):
@@ -364,7 +371,7 @@ def _lloyd(features, centers, max_iter, tol):
         if shift <= tol:
             break
     if not strict:
-        _assign(features, centers, labels, distances, scratch)
+        _assign(features, centers, labels, distances, scratch, sums, counts)
     return centers, labels, _sum(distances)
 
 

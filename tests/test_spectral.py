@@ -208,6 +208,25 @@ def test_fused_randomized_svd_matches_sklearn(shape, dtype) -> None:
     np.testing.assert_allclose(s, spectrum[:5], rtol=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(900, 60), (60, 900)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_randomized_svd_of_a_scaled_matrix_without_forming_it(shape, dtype) -> None:
+    """row_scale/col_scale: the SVD of diag(a) X diag(b), as if that matrix were formed (tall and wide)."""
+    rng = np.random.default_rng(2)
+    X = np.abs(rng.standard_normal(shape) + rng.standard_normal((shape[0], 1)) * rng.standard_normal((1, shape[1])))
+    X = X.astype(dtype)
+    a, b = rng.uniform(0.2, 3.0, shape[0]), rng.uniform(0.2, 3.0, shape[1])
+    u, s, vt = spectral.randomized_svd(X, 5, random_state=0, row_scale=a, col_scale=b)
+    ru, rs, rvt = spectral.randomized_svd((a[:, None] * X.astype(np.float64) * b).astype(dtype), 5, random_state=0)
+    assert u.dtype == dtype and u.shape == ru.shape and vt.shape == rvt.shape
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(s, rs, rtol=tol)
+    np.testing.assert_allclose(u, ru, atol=tol * 10)
+    np.testing.assert_allclose(vt, rvt, atol=tol * 10)
+    exact = np.linalg.svd(a[:, None] * X.astype(np.float64) * b, compute_uv=False)[:5]
+    np.testing.assert_allclose(s, exact, rtol=1e-3)
+
+
 def test_grid_runs_each_distinct_projection_kmeans_once_with_the_same_labels(monkeypatch) -> None:
     """Grid points whose k choose the same best vectors share one k-means run, and get the labels of a separate run."""
     X, _, _ = make_checkerboard((600, 150), (4, 3), noise=2, random_state=5)

@@ -156,13 +156,21 @@ def _scale_normalize(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5) -> np.ndarray:
-    """scikit-learn's repeated scale normalization, as two scaling vectors.
+    """scikit-learn's repeated scale normalization: ``diag(a) X diag(b)`` of :func:`_bistochastic_scalings`."""
+    return scaled(*_bistochastic_scalings(X, max_iter, tol))
+
+
+def _bistochastic_scalings(
+    X: np.ndarray, max_iter: int = 1000, tol: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's repeated scale normalization, as the (nonnegative) matrix and two scaling vectors.
 
     Iterate ``X_{t+1} = D_r^-1/2 X_t D_c^-1/2`` until ``||X_t - X_{t+1}||_F <
     tol`` (at most ``max_iter`` scalings), exactly scikit-learn's rule, but
     keep ``X_t = diag(a) X diag(b)`` implicit: one compiled pass over ``X``
     per iteration gives the next sums and the change of the last scaling
-    (:mod:`tnb.scaling`), and the scaled matrix is formed once at the end.
+    (:mod:`tnb.scaling`). Returns ``(X, a, b)``: X float32 C-contiguous (shifted
+    to be nonnegative where it was not), ``a`` and ``b`` float64.
     """
     X = np.ascontiguousarray(_make_nonnegative(X), dtype=np.float32)
     a = np.ones(X.shape[0])
@@ -178,7 +186,7 @@ def _bistochastic_normalize(X: np.ndarray, max_iter: int = 1000, tol: float = 1e
             break
         if scaling_pass(X, a, b, a_prev, b_prev, row_sums, col_sums) < tol:
             break
-    return scaled(X, a, b)
+    return X, a, b
 
 
 def _log_normalize(X: np.ndarray) -> np.ndarray:
@@ -215,16 +223,30 @@ class _Settings:
 _POWER_BLOCK = 256
 
 
-def _gram_product(A: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """``A.T @ (A @ Q)`` in one pass over ``A``: each block of rows is read once for both products."""
-    out = np.zeros((A.shape[1], Q.shape[1]), dtype=np.result_type(A.dtype, Q.dtype))
+def _gram_product(A: np.ndarray, Q: np.ndarray, left=None, right=None) -> np.ndarray:
+    """``B.T @ (B @ Q)`` for ``B = diag(left) A diag(right)`` (each None: 1) in one pass over ``A``.
+
+    Each block of rows is read once for both products; the scalings act on the
+    thin (rows x n_random) products, so ``B`` is never formed.
+    """
+    dtype = np.result_type(A.dtype, Q.dtype)
+    if right is not None:
+        Q = Q * right[:, np.newaxis]
+    weights = None if left is None else np.square(left)
+    out = np.zeros((A.shape[1], Q.shape[1]), dtype=dtype)
     for start in range(0, A.shape[0], _POWER_BLOCK):  # blocks of rows, each a BLAS product
         block = A[start : start + _POWER_BLOCK]
-        out += block.T @ (block @ Q)
+        product = block @ Q
+        if weights is not None:
+            product *= weights[start : start + _POWER_BLOCK, np.newaxis]
+        out += block.T @ product
+    if right is not None:
+        out *= right[:, np.newaxis]
     return out
 
 
-def randomized_svd(M: np.ndarray, n_components: int, *, n_oversamples: int = 10, random_state=None):
+def randomized_svd(M: np.ndarray, n_components: int, *, n_oversamples: int = 10, random_state=None,
+                   row_scale=None, col_scale=None):
     """scikit-learn's ``randomized_svd`` (Halko et al. 2011) with each power iteration in one pass.
 
     The same steps, defaults and random draws as
@@ -240,19 +262,34 @@ def randomized_svd(M: np.ndarray, n_components: int, *, n_oversamples: int = 10,
     block of rows staying in cache for its second product. Hand-written
     because scikit-learn has no fused variant; tests compare the singular
     values and vectors with scikit-learn's.
+
+    ``row_scale`` and ``col_scale`` (optional) make it the SVD of
+    ``diag(row_scale) M diag(col_scale)`` without forming that matrix: the
+    scalings act on the thin products (for a bistochastic normalization, one
+    matrix-sized allocation and pass fewer per fit).
     """
     rng = check_random_state(random_state)
     n_random = n_components + n_oversamples
     n_iter = 7 if n_components < 0.1 * min(M.shape) else 4
     transpose = M.shape[0] < M.shape[1]
     A = M.T if transpose else M
+    left, right = (col_scale, row_scale) if transpose else (row_scale, col_scale)  # SVD of diag(left) A diag(right)
     Q = rng.normal(size=(A.shape[1], n_random))
     if A.dtype == np.float32:
         Q = Q.astype(np.float32, copy=False)
+    dtype = np.result_type(A.dtype, Q.dtype)
+    left = None if left is None else np.asarray(left).astype(dtype)
+    right = None if right is None else np.asarray(right).astype(dtype)
     for _ in range(n_iter):
-        Q, _ = linalg.lu(_gram_product(A, Q), permute_l=True, check_finite=False)
-    Q, _ = linalg.qr(A @ Q, mode="economic", check_finite=False)
-    u_hat, s, vt = linalg.svd(Q.T @ A, full_matrices=False, lapack_driver="gesdd")
+        Q, _ = linalg.lu(_gram_product(A, Q, left, right), permute_l=True, check_finite=False)
+    sketch = A @ (Q if right is None else Q * right[:, np.newaxis])
+    if left is not None:
+        sketch *= left[:, np.newaxis]
+    Q, _ = linalg.qr(sketch, mode="economic", check_finite=False)
+    projected = (Q if left is None else Q * left[:, np.newaxis]).T @ A
+    if right is not None:
+        projected *= right[np.newaxis, :]
+    u_hat, s, vt = linalg.svd(projected, full_matrices=False, lapack_driver="gesdd")
     u = Q @ u_hat
     if transpose:
         u, vt = svd_flip(u, vt, u_based_decision=False)
@@ -261,12 +298,19 @@ def randomized_svd(M: np.ndarray, n_components: int, *, n_oversamples: int = 10,
     return u[:, :n_components], s[:n_components], vt[:n_components]
 
 
-def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settings):
-    """First ``n_components`` singular vectors ``u, v``, less the first ``n_discard`` (scikit-learn's ``_svd``)."""
+def _svd(array: np.ndarray, n_components: int, n_discard: int, settings: _Settings, scales=None):
+    """First ``n_components`` singular vectors ``u, v``, less the first ``n_discard`` (scikit-learn's ``_svd``).
+
+    ``scales=(a, b)``: of ``diag(a) array diag(b)`` (formed only for ARPACK).
+    """
     if settings.svd_method == "randomized":
-        kwargs = {} if settings.n_svd_vecs is None else {"n_oversamples": settings.n_svd_vecs}
+        kwargs: dict = {} if settings.n_svd_vecs is None else {"n_oversamples": settings.n_svd_vecs}
+        if scales is not None:
+            kwargs.update(row_scale=scales[0], col_scale=scales[1])
         u, _, vt = randomized_svd(array, n_components, random_state=settings.random_state, **kwargs)
     else:
+        if scales is not None:
+            array = scaled(array, *scales)
         u, _, vt = svds(array, k=n_components, ncv=settings.n_svd_vecs)
         if np.any(np.isnan(vt)):
             gram = array.T @ array
@@ -334,10 +378,24 @@ def _normalize(X: np.ndarray, normalization: str) -> np.ndarray:
     return _log_normalize(X)
 
 
+def _normalized(X: np.ndarray, normalization: str):
+    """The normalized matrix for the SVD, and its scalings: ``(X, (a, b))`` for bistochastic, else ``(N, None)``.
+
+    The bistochastic normalization's scalings go to the SVD as they are
+    (:func:`randomized_svd`'s ``row_scale``/``col_scale``), so the scaled matrix
+    is not formed.
+    """
+    if normalization == "bistochastic":
+        nonnegative, a, b = _bistochastic_scalings(X)
+        return nonnegative, (a, b)
+    return _normalize(X, normalization), None
+
+
 def _kluger_svd(X, normalization, n_components, settings):
     n_sv = n_components if normalization == "log" else n_components + 1
     n_discard = 0 if normalization == "log" else 1
-    u, v = _svd(_normalize(X, normalization), n_sv, n_discard, settings)
+    normalized, scales = _normalized(X, normalization)
+    u, v = _svd(normalized, n_sv, n_discard, settings, scales=scales)
     return u.T, v.T
 
 
@@ -356,11 +414,11 @@ def _fit_kluger_grid(X, pairs, *, normalization, n_components, n_best, settings)
 def _fit_kluger_grid_timed(X, pairs, *, normalization, n_components, n_best, settings):
     timings = {}
     start = time.perf_counter()
-    normalized = _normalize(X, normalization)
+    normalized, scales = _normalized(X, normalization)
     timings["normalization"] = time.perf_counter() - start
     start = time.perf_counter()
     n_sv = n_components if normalization == "log" else n_components + 1
-    u, v = _svd(normalized, n_sv, 0 if normalization == "log" else 1, settings)
+    u, v = _svd(normalized, n_sv, 0 if normalization == "log" else 1, settings, scales=scales)
     ut, vt = u.T, v.T
     del normalized
     timings["svd"] = time.perf_counter() - start

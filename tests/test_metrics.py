@@ -335,3 +335,17 @@ def test_adjusted_rand_checks_its_input() -> None:
         adjusted_rand([0, 1, 1], [0, 1])
     with pytest.raises(ValueError, match="labels_a should hold integers. Got dtype float64"):
         adjusted_rand([0.5, 1.0], [0, 1])
+
+
+@pytest.mark.parametrize("labels, expected, k", [
+    ([0, 2, 2, 1], [0, 2, 2, 1], 3),  # already 0..k-1: kept
+    ([0, 3, 3, 5], [0, 1, 1, 2], 3),  # gaps closed, in sorted order
+    ([-4, 7, -4, 0], [0, 2, 0, 1], 3),  # negative labels
+    ([2, 2, 2], [0, 0, 0], 1),
+])
+def test_compact_relabels_to_0_k_minus_1_in_sorted_order(labels, expected, k) -> None:
+    from tnb._shared import _compact
+
+    for dtype in (np.int32, np.int64):
+        compact, n = _compact(np.array(labels, dtype=dtype), len(labels), "labels")
+        assert compact.tolist() == expected and n == k and compact.dtype == np.intp

@@ -632,7 +632,11 @@ def grid_r2_parts(A, labelings) -> list[dict[str, float]]:
         One per labeling, in order: ``r2, r2_rows, r2_cols, r2_interaction``
         (float) and ``n_blocks`` (int, the non-empty blocks).
     """
-    array = _as_float32(A)
+    return _grid_r2_parts(_as_float32(A), labelings)
+
+
+def _grid_r2_parts(array: np.ndarray, labelings) -> list[dict[str, float]]:
+    """:func:`grid_r2_parts` of a matrix already checked (finite float32), such as a null draw of one."""
     sum_squares, total, n_elements = _moments(array)
     out = []
     for sums, sizes in _grid_block_sums(array, labelings):

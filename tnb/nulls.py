@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tnb.metrics import grid_r2_parts
+from tnb.metrics import _grid_r2_parts
 from tnb.prepare import check_matrix
 from tnb.shuffle import shuffled_columns, transpose_scaled
 from tnb.spectral import (
@@ -211,7 +211,7 @@ def _null_statistics(X, pairs, draws, seed, null, statistic, method, normalizati
             shuffled, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best,
             settings=_draw_settings(settings, rng),
         )
-        scores = grid_r2_parts(shuffled, [fits[pair][:2] for pair in pairs])
+        scores = _grid_r2_parts(shuffled, [fits[pair][:2] for pair in pairs])  # finite float32 by construction
         values[row] = [score[statistic] for score in scores]
     return values
 

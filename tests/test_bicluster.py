@@ -296,6 +296,23 @@ def test_null_draws_do_not_depend_on_how_they_are_split() -> None:
         grid_search(A, (2, 3), (3,), n_components=4, n_null=6, random_state=3, null_values=whole[:3])
 
 
+@pytest.mark.parametrize("null, signed", [("interaction_refit", False), ("interaction_refit", True),
+                                          ("column_refit", False)])
+def test_null_draws_into_a_reused_workspace_are_the_draws(null, signed) -> None:
+    from tnb import nulls
+
+    X, _, _ = _checkerboard((120, 40), (3, 3), noise=10)
+    A = prepare(X, input="signed" if signed else "abs").matrix
+    base = nulls._null_base(A, null)
+    workspace = nulls._Workspace()
+    reused = [nulls._draw_null(base, nulls._draw_rng(3, d), workspace).copy() for d in range(3)]
+    fresh = [nulls._draw_null(base, nulls._draw_rng(3, d)) for d in range(3)]
+    for a, b in zip(reused, fresh):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(reused[0], reused[1])  # the buffer was refilled, not left stale
+    assert workspace.shuffled is not None and workspace.shuffled.shape == A.T.shape
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_null_matrix_keeps_token_and_neuron_scales_and_loses_their_association(signed) -> None:
     rng = np.random.default_rng(0)

@@ -67,3 +67,18 @@ def test_transpose_scaled_equals_numpy(shape) -> None:
 def test_transpose_scaled_names_bad_input() -> None:
     with pytest.raises(ValueError, match="float32 columns"):
         transpose_scaled(np.zeros((2, 3)), np.zeros(3, dtype=np.float32))
+
+
+def test_shuffles_and_transposes_fill_a_given_buffer() -> None:
+    rng = np.random.default_rng(0)
+    columns = rng.standard_normal((7, 300)).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, 300).astype(np.float32)
+    buffer = np.full_like(columns, np.nan)
+    into = shuffled_columns(columns, np.random.default_rng(5), out=buffer)
+    assert into is buffer
+    np.testing.assert_array_equal(into, shuffled_columns(columns, np.random.default_rng(5)))
+    target = np.full((300, 7), np.nan, dtype=np.float32)
+    assert transpose_scaled(columns, scale, out=target) is target
+    np.testing.assert_array_equal(target, transpose_scaled(columns, scale))
+    with pytest.raises(ValueError, match=r"out should be a C-ordered float32 array of shape \(300, 7\)"):
+        transpose_scaled(columns, scale, out=np.empty((7, 300), dtype=np.float32))

@@ -115,16 +115,38 @@ def _null_base(X: np.ndarray, null: str) -> _NullBase:
     return _NullBase("signed", np.ascontiguousarray(residual.T), row_scale, col_scale, effects)
 
 
-def _draw_null(base: _NullBase, rng: np.random.Generator) -> np.ndarray:
-    """One draw of the null from its shared part (the numbers of :func:`null_matrix`)."""
+class _Workspace:
+    """Two matrix-sized buffers that successive draws of one null reuse (no fresh pages per draw)."""
+
+    def __init__(self) -> None:
+        self.shuffled: np.ndarray | None = None
+        self.matrix: np.ndarray | None = None
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        buffer = getattr(self, name)
+        if buffer is None or buffer.shape != shape:
+            buffer = np.empty(shape, dtype=np.float32)
+            setattr(self, name, buffer)
+        return buffer
+
+
+def _draw_null(base: _NullBase, rng: np.random.Generator, workspace: _Workspace | None = None) -> np.ndarray:
+    """One draw of the null from its shared part (the numbers of :func:`null_matrix`).
+
+    With a ``workspace`` the draw is written into its buffers: it stays valid
+    until the next draw with the same workspace.
+    """
     if base.null == "constant":
         return base.columns.copy()
-    shuffled = shuffled_columns(base.columns, rng)
+    reuse = workspace is not None and base.columns.dtype == np.float32
+    out = workspace.take("shuffled", base.columns.shape) if reuse and workspace is not None else None
+    shuffled = shuffled_columns(base.columns, rng, out=out)
     if base.null == "column_refit":
         return np.ascontiguousarray(shuffled.T)
     assert base.row_scale is not None, "interaction nulls keep the row scale"
     if base.null == "interaction_refit":
-        return transpose_scaled(shuffled, base.row_scale)
+        matrix = workspace.take("matrix", shuffled.shape[::-1]) if reuse and workspace is not None else None
+        return transpose_scaled(shuffled, base.row_scale, out=matrix)
     assert base.col_scale is not None and base.effects is not None, "the signed null keeps its scales and effects"
     residual = np.ascontiguousarray(shuffled.T)
     # Re-centre every row: X's residuals sum to 0 along each row, and shuffled ones must too,
@@ -204,9 +226,10 @@ def null_statistics(
 def _null_statistics(X, pairs, draws, seed, null, statistic, method, normalization, n_components, n_best, settings):
     values = np.empty((len(draws), len(pairs)))
     base = _null_base(X, null)  # what every draw shares, once per call (a Dask task's chunk of draws)
+    workspace = _Workspace()
     for row, draw in enumerate(draws):  # one whole grid refit per draw
         rng = _draw_rng(seed, draw)
-        shuffled = _draw_null(base, rng)
+        shuffled = _draw_null(base, rng, workspace)
         fits, _ = _fit_grid(
             shuffled, pairs, method, normalization=normalization, n_components=n_components, n_best=n_best,
             settings=_draw_settings(settings, rng),

@@ -63,13 +63,19 @@ def permute_columns(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(columns.T)
 
 
-def shuffled_columns(columns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def shuffled_columns(columns: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
     """A copy of ``columns`` (shape (n_columns, n_rows), C-ordered) with every row shuffled on its own.
 
     :func:`permute_columns` on a matrix already transposed: a null that draws many
-    times from one matrix transposes it once (same seed, same numbers).
+    times from one matrix transposes it once (same seed, same numbers). ``out``
+    (same shape and dtype, C-ordered) is filled and returned instead of a new
+    array: a null that draws many times reuses one buffer.
     """
-    shuffled = columns.copy()
+    if out is None:
+        shuffled = columns.copy()
+    else:
+        np.copyto(out, columns)
+        shuffled = out
     _shuffle_rows(shuffled, rng.integers(2**64, dtype=np.uint64))
     return shuffled
 
@@ -90,13 +96,15 @@ def _transpose_scaled(columns, scale, out):
                     out[row, column] = columns[column, row] * factor
 
 
-def transpose_scaled(columns: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def transpose_scaled(columns: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``columns.T * scale[:, np.newaxis]`` as a C-ordered array, in one tiled pass (same values as numpy).
 
     Parameters
     ----------
     columns : ndarray of shape (n_columns, n_rows), float32
     scale : ndarray of shape (n_rows,), float32
+    out : ndarray of shape (n_rows, n_columns), float32, C-ordered, optional
+        Filled and returned instead of a new array.
 
     Returns
     -------
@@ -107,6 +115,9 @@ def transpose_scaled(columns: np.ndarray, scale: np.ndarray) -> np.ndarray:
             f"transpose_scaled needs float32 columns (n_columns, n_rows) and scale (n_rows,). "
             f"Got {columns.dtype} {columns.shape} and {scale.dtype} {scale.shape} instead."
         )
-    out = np.empty(columns.shape[::-1], dtype=np.float32)
+    if out is None:
+        out = np.empty(columns.shape[::-1], dtype=np.float32)
+    elif out.shape != columns.shape[::-1] or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out should be a C-ordered float32 array of shape {columns.shape[::-1]}.")
     _transpose_scaled(np.ascontiguousarray(columns), scale, out)
     return out

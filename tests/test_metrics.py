@@ -118,6 +118,8 @@ def test_grid_r2_parts_equals_each_labeling_scored_alone() -> None:
         (np.repeat([7, 2, 5], 30), np.repeat([1, 9], 20)),  # any integer labels, relabelled in sorted order
         (rng.integers(0, 5, 90), rng.integers(0, 2, 40)),
     ]
+    # grid points that share their token labels (one set of columns in the product)
+    labelings += [(labelings[0][0], rng.integers(0, 6, 40)), (np.repeat([70, 20, 50], 30), labelings[2][1])]
     sum_squares, total, n_elements = total_sum_of_squares(A)
     scores = grid_r2_parts(A, labelings)
     assert len(scores) == len(labelings)
@@ -349,3 +351,19 @@ def test_compact_relabels_to_0_k_minus_1_in_sorted_order(labels, expected, k) ->
     for dtype in (np.int32, np.int64):
         compact, n = _compact(np.array(labels, dtype=dtype), len(labels), "labels")
         assert compact.tolist() == expected and n == k and compact.dtype == np.intp
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (257, 768), (40, 1603)])
+def test_total_sum_of_squares_in_one_pass_equals_float64_numpy(shape) -> None:
+    rng = np.random.default_rng(shape[1])
+    A = (np.abs(rng.standard_normal(shape)) * rng.gamma(2.0, 1.0, (shape[0], 1))).astype(np.float32)
+    sum_squares, total, n = total_sum_of_squares(A)
+    exact = A.astype(np.float64)
+    assert n == A.size
+    assert total == pytest.approx(exact.sum(), rel=1e-12)
+    assert sum_squares == pytest.approx(np.square(exact).sum(), rel=1e-12)
+    # a strided view takes the chunked path: the same sums
+    view = np.asfortranarray(A)
+    assert total_sum_of_squares(view) == pytest.approx((sum_squares, total, n), rel=1e-12)
+    small = np.arange(30, dtype=np.float32).reshape(3, 10)  # exact in float64 whatever the order
+    assert total_sum_of_squares(small) == (float(np.square(np.arange(30)).sum()), 435.0, 30)

@@ -137,6 +137,11 @@ def total_sum_of_squares(A) -> tuple[float, float, int]:
 
 def _moments(array: np.ndarray) -> tuple[float, float, int]:
     """:func:`total_sum_of_squares` of a checked float32 matrix."""
+    if array.flags.c_contiguous and array.ndim == 2 and array.size:
+        from tnb.scaling import sum_and_squares  # numba: imported when a matrix is scored, not with this module
+
+        total, sum_squares = sum_and_squares(array)  # one pass, no float64 chunk copies
+        return float(sum_squares), float(total), array.size
     sum_squares = 0.0
     total = 0.0
     for start in range(0, array.shape[0], _CHUNK_ROWS):
@@ -649,22 +654,29 @@ def _grid_r2_parts(array: np.ndarray, labelings) -> list[dict[str, float]]:
 
 
 def _grid_block_sums(array: np.ndarray, labelings) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(sums, sizes) of every labeling from one GEMM over the (checked, float32) matrix."""
+    """(sums, sizes) of every labeling from one GEMM over the (checked, float32) matrix.
+
+    Token labelings that occur more than once (grid points that share their
+    row k-means) get one set of columns in the product.
+    """
     rows = []
     for row_labels, col_labels in labelings:
         rows.append((_compact(row_labels, array.shape[0], "row_labels"), _compact(col_labels, array.shape[1], "col_labels")))
-    widths = [k for (_, k), _ in rows]
-    stacked = np.zeros((array.shape[0], sum(widths)), dtype=np.float32)
-    offset = 0
+    offsets: dict[bytes, int] = {}
+    width = 0
     for (labels, k), _ in rows:
-        stacked[np.arange(array.shape[0]), offset + labels] = 1
-        offset += k
-    cluster_rows = (array.T @ stacked).T.astype(np.float64)  # (sum row_k, n_neurons)
+        key = labels.tobytes()
+        if key not in offsets:
+            offsets[key] = width
+            width += k
+    stacked = np.zeros((array.shape[0], width), dtype=np.float32)
+    for (labels, _), _ in rows:
+        stacked[np.arange(array.shape[0]), offsets[labels.tobytes()] + labels] = 1
+    cluster_rows = (array.T @ stacked).T.astype(np.float64)  # (distinct row_k columns, n_neurons)
     out = []
-    offset = 0
     for (row_labels, row_k), (col_labels, col_k) in rows:
+        offset = offsets[row_labels.tobytes()]
         block = cluster_rows[offset : offset + row_k]
-        offset += row_k
         sums = block @ _onehot(col_labels, col_k, np.float64)
         sizes = np.outer(np.bincount(row_labels, minlength=row_k), np.bincount(col_labels, minlength=col_k))
         out.append((sums, sizes.astype(np.float64)))

@@ -14,7 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["scaled", "scaling_pass"]
+__all__ = ["scaled", "scaling_pass", "sum_and_squares"]
 
 # Reassociating the row sums lets them vectorize; the order is fixed by the compiled code, not by threads.
 _JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract"}}
@@ -71,3 +71,40 @@ def scaled(X, a, b):
         for j in range(n_columns):
             out[i, j] = np.float32(np.float64(X[i, j]) * a_i * b[j])
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def sum_and_squares(X):
+    """``(sum X, sum X^2)`` of a C-contiguous float32 matrix in one pass, in float64, no temporaries.
+
+    Each row is summed in eight running partial sums (vector speed without
+    reassociating: the same result on every CPU), and the rows' sums are added
+    in order.
+    """
+    n_rows, n_columns = X.shape
+    n8 = n_columns - n_columns % 8
+    total = 0.0
+    squares = 0.0
+    partial = np.zeros(8)
+    partial_squares = np.zeros(8)
+    for i in range(n_rows):
+        row = X[i]
+        partial[:] = 0.0
+        partial_squares[:] = 0.0
+        for j in range(0, n8, 8):
+            for lane in range(8):
+                value = np.float64(row[j + lane])
+                partial[lane] += value
+                partial_squares[lane] += value * value
+        row_total = 0.0
+        row_squares = 0.0
+        for j in range(n8, n_columns):
+            value = np.float64(row[j])
+            row_total += value
+            row_squares += value * value
+        for lane in range(8):
+            row_total += partial[lane]
+            row_squares += partial_squares[lane]
+        total += row_total
+        squares += row_squares
+    return total, squares

@@ -201,10 +201,16 @@ def test_other_config_is_refused_not_mixed(pipeline_run: dict) -> None:
 
 # ----------------------------------------------------------------------------- Dask
 @pytest.mark.slow
-def test_local_dask_cluster_matches_serial(pipeline_run: dict, tmp_path: Path) -> None:
+def test_local_dask_cluster_matches_serial(pipeline_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.bicluster as stage
+
+    entered = []
+    quiet = stage.local_cluster_config
+    monkeypatch.setattr(stage, "local_cluster_config", lambda: entered.append(True) or quiet())
     lake = _copy_inputs(pipeline_run["lake"], tmp_path / "lake")
     outcomes = _bicluster(lake, n_workers=2)
     assert [o["status"] for o in outcomes] == ["written"] * 3
+    assert entered == [True]  # the local cluster ran with tnb's quieter housekeeping
     assert_frame_equal(_metrics(lake), _metrics(pipeline_run["lake"]))
     assert_frame_equal(_labels(lake), _labels(pipeline_run["lake"]))
 
@@ -437,3 +443,15 @@ def test_a_progress_artifact_that_cannot_be_published_does_not_stop_the_run(monk
     progress = Progress("k", "d", total=2)
     progress.advance(2)
     assert progress.values == [] and progress.done == 2
+
+
+def test_local_cluster_config_is_in_force_only_inside() -> None:
+    import dask
+
+    from flows.bicluster import LOCAL_CLUSTER_CONFIG, local_cluster_config
+
+    before = {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
+    with local_cluster_config():
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+        assert {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG} == LOCAL_CLUSTER_CONFIG
+    assert {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG} == before

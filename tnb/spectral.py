@@ -98,7 +98,7 @@ from sklearn.base import BaseEstimator, BiclusterMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import svd_flip
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tnb.kmeans import kmeans, kmeans_1d
 from tnb.prepare import check_matrix
@@ -125,6 +125,22 @@ NORMALIZATIONS = ("bistochastic", "scale", "log")
 #: noise matrix 3 restarts cut the projections from 5.2 s to 1.6 s (one thread, loaded machine).
 #: The observed fit and every null draw use the same setting, so the test stays calibrated.
 GRID_N_INIT = 3
+
+
+_CONTROLLER: list[ThreadpoolController] = []
+
+
+def _single_openmp_thread():
+    """``threadpool_limits(1, "openmp")`` from one controller per process.
+
+    A ``threadpool_limits`` call scans every loaded library first (~15 ms here),
+    and a null runs one grid fit per draw: the scan is done once. What the limit
+    is for, scikit-learn's OpenMP k-means (``mini_batch`` or another ``init``),
+    is loaded with this module's ``sklearn.cluster`` import, so before the scan.
+    """
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="openmp")
 
 
 # --------------------------------------------------------------------------
@@ -489,7 +505,7 @@ def _fit_dhillon_grid_timed(X, ks, *, settings):
 
 def _fit_grid(X, pairs, method, *, normalization, n_components, n_best, settings):
     """Labels of every grid point from one normalization and one SVD, and the seconds of the shared steps."""
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with _single_openmp_thread():
         if method == "coclustering":
             return _fit_dhillon_grid(X, [rk for rk, _ in pairs], settings=settings)
         return _fit_kluger_grid(
@@ -516,7 +532,7 @@ def fit_grid_timed(X, pairs, method, *, normalization, n_components, n_best, set
         one-dimensional fits; 0 for co-clustering) and ``"projections"``
         (the k-means of every grid point, projection products included).
     """
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with _single_openmp_thread():
         if method == "coclustering":
             return _fit_dhillon_grid_timed(X, [rk for rk, _ in pairs], settings=settings)
         return _fit_kluger_grid_timed(
@@ -647,7 +663,7 @@ class _BaseSpectral(BiclusterMixin, BaseEstimator):
         _check_settings(settings)
         self._check_parameters(X.shape)
         self.n_features_in_ = X.shape[1]
-        with threadpool_limits(limits=1, user_api="openmp"):
+        with _single_openmp_thread():
             self._fit(X, settings)
         return self
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tnb._shared import _CHUNK_ROWS, _as_float32, _compact, _is_count, _onehot, _seed_sequence
+from tnb._shared import _CHUNK_ROWS, _as_float32, _compact, _is_count, _seed_sequence
 
 __all__ = [
     "association_specialization",
@@ -41,7 +41,7 @@ def _entropy_specialization(mass: np.ndarray, n_outcomes: int) -> np.ndarray:
 
 def _token_cluster_mass(array: np.ndarray, rows: np.ndarray, row_k: int) -> np.ndarray:
     """|z| mass of every neuron on every token cluster -> (row_k, n_neurons) float64 (one GEMM)."""
-    return (array.T @ _onehot(rows, row_k)).T.astype(np.float64)
+    return _token_cluster_masses(array, [rows], row_k)[0]
 
 
 def _token_cluster_masses(array: np.ndarray, labelings: list[np.ndarray], row_k: int) -> list[np.ndarray]:

@@ -171,8 +171,9 @@ def test_kill_9_mid_extraction_then_rerun_matches_clean_run(tiny_gpt2_dir: Path,
 def test_memory_is_one_batch_no_cache_and_no_output_outlives_its_write(
     tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every forward pass runs without a key/value cache, and when one starts, no tensor the
-    previous pass returned is alive any more (only its float16 copies, being written)."""
+    """Every forward pass runs without a key/value cache and without holding every layer to
+    its end (the layers are copied as they are made), and when one starts, no tensor the
+    previous pass made is alive any more (only its float16 copies, being written)."""
     import weakref
 
     import tnb.extract
@@ -182,23 +183,103 @@ def test_memory_is_one_batch_no_cache_and_no_output_outlives_its_write(
     load_model = tnb.extract.load_model
 
     def before(_module, _args, kwargs) -> None:
-        calls.append({"use_cache": kwargs.get("use_cache"), "alive": sum(ref() is not None for ref in previous)})
+        calls.append({"use_cache": kwargs.get("use_cache"), "hidden_states": kwargs.get("output_hidden_states"),
+                      "alive": sum(ref() is not None for ref in previous)})
         previous.clear()
 
+    def block_output(_module, _args, output) -> None:
+        previous.append(weakref.ref(output[0] if isinstance(output, tuple) else output))
+
     def after(_module, _args, _kwargs, output) -> None:
-        previous.extend(weakref.ref(state) for state in output.hidden_states)
+        previous.append(weakref.ref(output.last_hidden_state))
 
     def hooked(*args, **kwargs):
         model = load_model(*args, **kwargs)
         model.register_forward_pre_hook(before, with_kwargs=True)
+        for block in model.h:
+            block.register_forward_hook(block_output)
         model.register_forward_hook(after, with_kwargs=True)
         return model
 
     monkeypatch.setattr(tnb.extract, "load_model", hooked)
     result = _extract(Lake(tmp_path), str(tiny_gpt2_dir), sites=("resid",), batch_size=1)
     assert len(calls) == 5  # 4 sequences of 64 and a short one: a batch each
-    assert calls == [{"use_cache": False, "alive": 0}] * 5
+    assert calls == [{"use_cache": False, "hidden_states": False, "alive": 0}] * 5
+    assert len(previous) == 3  # the tiny model's 2 blocks and the output were watched
     assert set(result.seconds) == {"load", "forward", "convert", "write", "wait", "publish"}
+
+
+def _tiny_base_model(kind: str, tie_last: bool | None = None):
+    from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig
+
+    configs = {
+        "gpt2": lambda: GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=50, n_positions=32),
+        "bert": lambda: BertConfig(num_hidden_layers=3, hidden_size=16, num_attention_heads=2, intermediate_size=24,
+                                   vocab_size=50, max_position_embeddings=32),
+        "llama": lambda: LlamaConfig(num_hidden_layers=3, hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                                     intermediate_size=24, vocab_size=50, max_position_embeddings=32),
+    }
+    config = configs[kind]()
+    if tie_last is not None:
+        config.tie_last_hidden_states = tie_last
+    torch.manual_seed(0)
+    return AutoModel.from_config(config).eval()
+
+
+def _captured_and_expected(model, hooks: bool = True):
+    from tnb.extract import _Capture, _forward
+    from tnb.models import architecture
+
+    arch = architecture(model.config)
+    todo = [("resid", layer, None) for layer in range(arch.n_layers + 1)]
+    capture = _Capture(model, arch, todo, torch.float32)
+    assert capture.residual_hooks is hooks
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = _forward(model, ids, True, "tiny").hidden_states
+        capture.after_forward(_forward(model, ids, not hooks, "tiny"))
+        kept = capture.take({})
+    capture.close()
+    return kept, expected, arch.n_layers
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])
+def test_the_hooks_copy_exactly_what_output_hidden_states_returns(kind: str) -> None:
+    """Layer i captured from the blocks as the pass goes equals ``hidden_states[i]`` to the bit,
+    the last one included (GPT-2's and Llama's have the final norm applied)."""
+    kept, expected, n_layers = _captured_and_expected(_tiny_base_model(kind))
+    assert len(expected) == n_layers + 1 == len(kept)
+    for layer in range(n_layers + 1):
+        assert torch.equal(kept[("resid", layer)], expected[layer]), layer
+    assert not torch.equal(expected[-1], expected[-2])  # the layers differ: an off-by-one would show
+
+
+def test_an_untied_last_hidden_state_is_the_last_blocks_output_as_transformers_returns_it() -> None:
+    kept, expected, n_layers = _captured_and_expected(_tiny_base_model("gpt2", tie_last=False))
+    for layer in range(n_layers + 1):
+        assert torch.equal(kept[("resid", layer)], expected[layer]), layer
+
+
+def test_unknown_blocks_fall_back_to_output_hidden_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tnb.extract
+
+    monkeypatch.setattr(tnb.extract, "block_list_name", lambda model_type: None)
+    kept, expected, n_layers = _captured_and_expected(_tiny_base_model("llama"), hooks=False)
+    for layer in range(n_layers + 1):
+        assert torch.equal(kept[("resid", layer)], expected[layer]), layer
+
+
+def test_a_layer_the_hooks_never_saw_is_an_error_not_a_missing_partition() -> None:
+    from tnb.extract import _Capture
+    from tnb.models import architecture
+
+    model = _tiny_base_model("gpt2")
+    capture = _Capture(model, architecture(model.config), [("resid", 1, None), ("resid", 2, None)], torch.float32)
+    capture.keep(("resid", 1), torch.zeros(2, 3))
+    with pytest.raises(ModelError, match=r"did not reach \[\('resid', 2\)\]"):
+        capture.take({})
+    capture.close()
+    assert not model.h[0]._forward_hooks
 
 
 def test_a_failing_write_in_the_writer_thread_publishes_nothing(

@@ -54,6 +54,7 @@ from tnb.models import (
     Architecture,
     ModelSpec,
     architecture,
+    block_list_name,
     check_layers,
     load_config,
     load_model,
@@ -281,23 +282,107 @@ def register_model(
     return True
 
 
-@contextlib.contextmanager
-def capture_inputs(model: Any, module_names: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Capture the first positional input of each named module; hooks removed on exit."""
-    captured: dict[str, Any] = {}
-    handles = []
-    try:
-        for name in module_names:
-            module = model.get_submodule(name)
+class _Capture:
+    """Copies each wanted activation, as the forward pass makes it, into this batch's host buffer.
 
-            def hook(_module: Any, args: tuple[Any, ...], _name: str = name) -> None:
-                captured[_name] = args[0]
+    Hooks see the tensors the moment they exist and copy them (cast to the stored dtype)
+    into ``slots``, the reusable buffers of the batch (:func:`_into_buffer`), so the forward
+    pass keeps no layer alive after its next block has used it, exactly as a bare forward
+    pass does, and allocates nothing more. Residual layers come from hooks on the blocks
+    (:func:`tnb.models.block_list_name`): layer 0 is the first block's input, layer i its
+    i-th block's output; the last one is the model's ``last_hidden_state`` unless the config
+    says ``tie_last_hidden_states=False``, the choice ``output_hidden_states`` makes. Where
+    the blocks are unknown, :attr:`residual_hooks` is False and the residual layers are read
+    from ``output_hidden_states`` after the pass (:meth:`after_forward`). MLP neurons:
+    a forward pre-hook on the down projection. Hooks are removed on :meth:`close`.
+    """
 
-            handles.append(module.register_forward_pre_hook(hook))
-        yield captured
-    finally:
-        for handle in handles:
+    def __init__(self, model: Any, arch: Architecture, todo: Sequence[tuple[str, int, Any]], dtype: Any):
+        self.dtype, self.n_layers = dtype, arch.n_layers
+        self.wanted = {(site, layer) for site, layer, _ in todo}
+        self.slots: dict[Any, Any] = {}
+        self.kept: dict[tuple[str, int], Any] = {}
+        self.seconds = 0.0
+        self._handles: list[Any] = []
+        resid = {layer for site, layer in self.wanted if site == "resid"}
+        blocks_name = block_list_name(arch.model_type)
+        blocks = model.get_submodule(blocks_name) if resid and blocks_name is not None else None
+        self.wants_resid = bool(resid)
+        self.residual_hooks = blocks is not None and len(blocks) == arch.n_layers
+        tie = getattr(model.config, "tie_last_hidden_states", None)
+        self._last_from_output = (tie is None or bool(tie)) and arch.n_layers in resid
+        try:
+            if self.residual_hooks and blocks is not None:
+                for index, block in enumerate(blocks):
+                    self._handles.append(block.register_forward_hook(self._block_hook(index, resid), with_kwargs=True))
+            for site, layer in sorted(self.wanted):
+                if site == "mlp":
+                    module = model.get_submodule(mlp_module_name(arch.model_type, layer))
+                    self._handles.append(module.register_forward_pre_hook(self._input_hook(("mlp", layer))))
+        except BaseException:
+            self.close()
+            raise
+
+    def _block_hook(self, index: int, resid: set[int]) -> Callable[..., None]:
+        keep_input = index == 0 and 0 in resid
+        output_layer = index + 1
+        keep_output = output_layer in resid and not (output_layer == self.n_layers and self._last_from_output)
+
+        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if keep_input:
+                self.keep(("resid", 0), args[0] if args else kwargs["hidden_states"])
+            if keep_output:
+                self.keep(("resid", output_layer), output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def _input_hook(self, key: tuple[str, int]) -> Callable[..., None]:
+        def hook(_module: Any, args: tuple[Any, ...]) -> None:
+            self.keep(key, args[0])
+
+        return hook
+
+    def keep(self, key: tuple[str, int], values: Any) -> None:
+        """``values`` copied into this batch's buffer for ``key`` (cast on the device first)."""
+        start = time.perf_counter()
+        if values.device.type != "cpu":
+            values = values.to(dtype=self.dtype)  # less to copy back
+        self.kept[key] = _into_buffer(self.slots, key, values, self.dtype)
+        self.seconds += time.perf_counter() - start
+
+    def after_forward(self, output: Any) -> None:
+        """What only the finished pass gives: the last residual layer, or every residual layer."""
+        if self.residual_hooks:
+            if self._last_from_output:
+                self.keep(("resid", self.n_layers), output.last_hidden_state)
+            return
+        states = output.hidden_states
+        for site, layer in self.wanted:
+            if site == "resid":
+                if states is None or len(states) != self.n_layers + 1:
+                    got = "none" if states is None else len(states)
+                    raise ModelError(f"expected {self.n_layers + 1} hidden states from the model, got {got}")
+                self.keep((site, layer), states[layer])
+
+    def take(self, slots: dict[Any, Any]) -> dict[tuple[str, int], Any]:
+        """This batch's copies (every wanted one, or an error), and ``slots`` for the next."""
+        kept, self.kept, self.slots = self.kept, {}, slots
+        missing = self.wanted - set(kept)
+        if missing:
+            raise ModelError(f"the forward pass did not reach {sorted(missing)} (site, layer): the hooks saw no tensor there")
+        return kept
+
+    def close(self) -> None:
+        for handle in self._handles:
             handle.remove()
+        self._handles.clear()
+
+
+def _longest_sequence(seq_ids: np.ndarray) -> int:
+    """The most positions one sequence of the stream has (0 for an empty stream)."""
+    if seq_ids.size == 0:
+        return 0
+    return int(np.diff(np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1], True])).max())
 
 
 def _batches(token_ids: np.ndarray, seq_ids: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -435,21 +520,20 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def _forward(model: Any, input_ids: Any, need_resid: bool, spec_name: str) -> tuple[Any, ...] | None:
-    """One forward pass; the hidden states (or None), nothing else kept (no key/value cache)."""
+def _forward(model: Any, input_ids: Any, hidden_states: bool, spec_name: str) -> Any:
+    """One forward pass (no key/value cache); ``hidden_states``: with every layer's output."""
     import torch
 
-    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids), "output_hidden_states": need_resid}
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids), "output_hidden_states": hidden_states}
     if "use_cache" in inspect.signature(model.forward).parameters:
         kwargs["use_cache"] = False
     try:
-        output = model(input_ids=input_ids, **kwargs)
+        return model(input_ids=input_ids, **kwargs)
     except (IndexError, RuntimeError) as error:  # e.g. sequences beyond the position embeddings
         raise ModelError(
             f"the forward pass of {spec_name} failed on sequences of {input_ids.shape[1]} tokens "
             f"({type(error).__name__}: {str(error).splitlines()[0][:160]})"
         ) from None
-    return output.hidden_states if need_resid else None
 
 
 def extract_activations(
@@ -553,8 +637,6 @@ def _run_model(
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
     seconds["load"] = time.perf_counter() - start
-    mlp_names = {layer: mlp_module_name(arch.model_type, layer) for site, layer, _ in todo if site == "mlp"}
-    need_resid = any(site == "resid" for site, _, _ in todo)
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with contextlib.ExitStack() as stack:
@@ -569,47 +651,39 @@ def _run_model(
             ThreadPoolExecutor(writer_threads(device, len(todo)), thread_name_prefix="tnb-write")
         )
         batch_writer = _BatchWriter(pool, seconds)
-        captured = stack.enter_context(capture_inputs(model, list(mlp_names.values())))
+        capture = _Capture(model, arch, todo, torch_dtype)
+        stack.callback(capture.close)
         bar = stack.enter_context(
             tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
         )
-        # Two sets of host buffers, reused batch after batch: the writer encodes one while the
-        # next batch is converted into the other (it waits for the previous write first), so
-        # the converted copies are not new allocations between the forward pass's transients.
-        host_buffers: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+        # Two sets of host buffers, made before the first pass and reused batch after batch: the
+        # writer encodes one while the forward pass fills the other (the previous write is
+        # waited for first), so no copy is a new allocation among the forward pass's transients.
+        rows = batch_size * (_longest_sequence(seq_ids) + len(wrapping.prefix) + len(wrapping.suffix))
+        host_buffers = tuple(
+            {(site, layer): torch.empty(rows * arch.width(site), dtype=torch_dtype) for site, layer, _ in todo}
+            for _ in range(2)
+        )
+        capture.slots = host_buffers[0]
         n_batches = 0
         with torch.inference_mode():
             done = 0  # positions fed so far
             for pos, ids in _batches(token_ids, seq_ids, batch_size):
                 columns = _row_columns(pos, seq_ids[pos[:: ids.shape[1]]], wrapping, special_text)
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
-                begin = time.perf_counter()
-                hidden = _forward(model, input_ids, need_resid, spec.name)
+                begin, copied = time.perf_counter(), capture.seconds
+                output = _forward(model, input_ids, not capture.residual_hooks and capture.wants_resid, spec.name)
+                capture.after_forward(output)
+                output = None  # nothing of the pass is kept but the copies
                 sync()
-                middle = time.perf_counter()
-                states: tuple[Any, ...] = hidden or ()
-                if need_resid and len(states) != arch.n_layers + 1:
-                    raise ModelError(f"expected {arch.n_layers + 1} hidden states from {spec.name}, got {len(states)}")
-                batch = []
-                slots = host_buffers[n_batches % 2]
-                for (site, layer), out in writers.items():
-                    values = states[layer] if site == "resid" else captured[mlp_names[layer]]
-                    # every position fed is stored (special ones flagged); on a CPU cast straight into
-                    # this batch's host buffer, elsewhere cast on the device first (less to copy back)
-                    if values.device.type != "cpu":
-                        values = values.to(dtype=torch_dtype)
-                    values = _into_buffer(slots, (site, layer), values, torch_dtype)
-                    batch.append((out, values, arch.width(site)))
                 n_batches += 1
-                hidden = None  # the forward's outputs go now: only the converted copies are kept
-                states = ()
-                captured.clear()
-                end = time.perf_counter()
-                seconds["forward"] += middle - begin
-                seconds["convert"] += end - middle
+                kept = capture.take(host_buffers[n_batches % 2])
+                # every position fed is stored (special ones flagged)
+                batch = [(out, kept[key], arch.width(key[0])) for key, out in writers.items()]
+                seconds["convert"] += capture.seconds - copied
+                seconds["forward"] += time.perf_counter() - begin - (capture.seconds - copied)
                 batch_writer.submit(columns, batch)
-                del batch, values
-                release_free_memory()  # the previous batch's copies and this forward's transients are freed now
+                del batch, kept
                 bar.update(len(pos))
                 done += len(pos)
                 if on_progress is not None:

@@ -64,6 +64,17 @@ _MLP_DOWN_PROJ: dict[str, str] = {
     "qwen2": "layers.{layer}.mlp.down_proj",
 }
 
+#: The list of transformer blocks of the base model, per architecture: the residual stream
+#: is captured by hooks on these as the forward pass makes it (other architectures: from
+#: ``output_hidden_states``, which holds every layer until the pass ends).
+_BLOCKS: dict[str, str] = {
+    "gpt2": "h",
+    "bert": "encoder.layer",
+    "llama": "layers",
+    "mistral": "layers",
+    "qwen2": "layers",
+}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -383,6 +394,11 @@ def mlp_module_name(model_type: str, layer: int) -> str:
             f"site 'mlp' is not supported for model type {model_type!r} (supported: {sorted(_MLP_DOWN_PROJ)}); use --site resid"
         )
     return pattern.format(layer=layer - 1)
+
+
+def block_list_name(model_type: str) -> str | None:
+    """Name of the base model's list of transformer blocks, or None where tnb does not know it."""
+    return _BLOCKS.get(model_type)
 
 
 def check_layers(arch: Architecture, site: str, layers: list[int] | None, model: str) -> list[int]:

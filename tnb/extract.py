@@ -34,6 +34,8 @@ of the forward pass alone; :attr:`ExtractResult.seconds` says where the time wen
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import inspect
 import os
@@ -495,29 +497,61 @@ def _append(out: PartitionWriter, columns: Mapping[str, pa.Array], values: Any, 
     return time.perf_counter() - start
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None (another C library)."""
-    import ctypes
-    import ctypes.util
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    """glibc (``mallopt``, ``malloc_trim``, ``mallinfo2``: 2.33 and later), or None (another C library)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallinfo2.restype = _Mallinfo2
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (all three, or none)
     except (OSError, AttributeError):
         return None
+    return libc
 
 
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc; elsewhere nothing).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to this size come from the heap during the pass (glibc's largest, 32 MiB on 64 bits).
+MMAP_THRESHOLD = 32 * 2**20
+#: glibc trims the heap's top on free only above this, so not inside a forward pass.
+TRIM_THRESHOLD = 256 * 2**20
+#: Free heap memory kept between batches: above it, the free pages go back to the system.
+RETAINED_FREE = 64 * 2**20
 
-    Between batches the forward pass's transients are freed, but glibc keeps them and, with
-    the writer thread's allocations in between, fragments them: without this, RSS crept up
-    batch after batch. Trimming once a batch costs the next forward pass some page faults
-    (within the noise of ``bench/extract.py`` on 2 shared cores).
+
+class _Heap:
+    """glibc's heap, held steady through the pass (elsewhere this does nothing).
+
+    By default glibc moves its mmap threshold up to the size of every large block freed, so
+    whether the forward pass's multi-MB transients are served from the heap (reused, fast) or
+    mapped afresh (every page faulted in again, ~15% slower) changes during a run and from
+    run to run, and the heap, once used, fragments and grows. For the pass tnb fixes the
+    threshold (:data:`MMAP_THRESHOLD`: every transient reuses heap pages) and stops
+    glibc's own trimming on free (inside a forward pass); :meth:`between_batches` hands the
+    free pages back once more than :data:`RETAINED_FREE` of them are kept, so memory stays
+    bounded by one pass. ``mallopt`` has no getter: when the pass ends the trim threshold is
+    set to glibc's dynamic value for this mmap threshold (2x), which stays fixed.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+
+    def __init__(self) -> None:
+        self._libc = _glibc()
+        self.trims = 0
+        if self._libc is not None:
+            self._libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            self._libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+    def between_batches(self) -> None:
+        if self._libc is not None and self._libc.mallinfo2().fordblks > RETAINED_FREE:
+            self._libc.malloc_trim(0)
+            self.trims += 1
+
+    def close(self) -> None:
+        if self._libc is not None:
+            self._libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
 
 
 def _forward(model: Any, input_ids: Any, hidden_states: bool, spec_name: str) -> Any:
@@ -628,6 +662,7 @@ def _run_model(
     special = bool(wrapping.prefix or wrapping.suffix)
     device = pick_device(device)
     seconds = dict.fromkeys(("load", "forward", "convert", "write", "wait", "publish"), 0.0)
+    heap = _Heap()  # before the model's allocations
     start = time.perf_counter()
     try:
         model = load_model(spec, device)
@@ -653,6 +688,7 @@ def _run_model(
         batch_writer = _BatchWriter(pool, seconds)
         capture = _Capture(model, arch, todo, torch_dtype)
         stack.callback(capture.close)
+        stack.callback(heap.close)
         bar = stack.enter_context(
             tqdm(total=len(token_ids), unit="tok", desc=f"extract {spec.name}", disable=not progress)
         )
@@ -684,6 +720,7 @@ def _run_model(
                 seconds["forward"] += time.perf_counter() - begin - (capture.seconds - copied)
                 batch_writer.submit(columns, batch)
                 del batch, kept
+                heap.between_batches()
                 bar.update(len(pos))
                 done += len(pos)
                 if on_progress is not None:

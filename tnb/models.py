@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -269,14 +268,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> Any:
 
     A GGUF checkpoint is dequantised to float32. An untrained twin is built from the
     config alone (no weights are read), its initialisation seeded with ``spec.seed``.
-
-    Unless the environment says otherwise, PyTorch is asked to back its CPU tensors of
-    2 MB and more with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, read at its
-    first allocation, so this takes effect when no tensor was made before): with glibc's
-    allocator, the forward pass's multi-MB transients otherwise fragment the heap and the
-    peak memory of an extraction grew with every batch (see bench/README.md).
     """
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     import torch
     from transformers import AutoModel
 

@@ -282,6 +282,43 @@ def test_a_layer_the_hooks_never_saw_is_an_error_not_a_missing_partition() -> No
     assert not model.h[0]._forward_hooks
 
 
+def test_the_heap_hands_free_pages_back_only_above_the_retained_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tnb.extract
+    from tnb.extract import _glibc, _Heap
+
+    if _glibc() is None:
+        pytest.skip("not glibc: the heap is left as it is")
+    calls: list[tuple] = []
+
+    class Recording:  # glibc's calls, recorded; mallinfo2 as glibc reports it
+        def __getattr__(self, name):
+            real = getattr(_glibc(), name)
+            return lambda *args: calls.append((name, *args)) if name != "mallinfo2" else real()
+
+    monkeypatch.setattr(tnb.extract, "_glibc", Recording)
+    heap = _Heap()
+    assert calls == [("mallopt", -3, tnb.extract.MMAP_THRESHOLD), ("mallopt", -1, tnb.extract.TRIM_THRESHOLD)]
+    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", 2**62)  # more than any heap holds: nothing to hand back
+    heap.between_batches()
+    assert heap.trims == 0 and calls[-1][0] == "mallopt"
+    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", -1)  # any free byte is too many
+    heap.between_batches()
+    assert heap.trims == 1 and calls[-1] == ("malloc_trim", 0)
+    heap.close()
+    assert calls[-1] == ("mallopt", -1, 2 * tnb.extract.MMAP_THRESHOLD)
+
+
+def test_elsewhere_than_glibc_the_heap_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tnb.extract
+
+    monkeypatch.setattr(tnb.extract, "_glibc", lambda: None)
+    heap = tnb.extract._Heap()
+    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", -1)
+    heap.between_batches()
+    heap.close()
+    assert heap.trims == 0
+
+
 def test_a_failing_write_in_the_writer_thread_publishes_nothing(
     tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,9 +86,6 @@ def _warm_up(model) -> None:
 
 
 def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
-    # PyTorch's own allocator setting, not the huge pages tnb's load_model asks for: the limit
-    # is the forward pass as PyTorch runs it by default (BARE_THP=1 to compare with them on).
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", os.environ.get("BARE_THP", "0"))
     import numpy as np
     import torch
 

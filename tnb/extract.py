@@ -22,13 +22,17 @@ tokenizer. The special positions' activations are stored too, as rows flagged ``
 wrapped model's partitions have more rows than the stream; every reader of a layer
 (:meth:`tnb.lake.Lake.read_layer`) leaves them out unless asked, so no matrix holds them.
 
-Peak memory is bounded by the batch, never layers x tokens: the forward pass of one batch
-(``use_cache=False``: no key/value cache is built) while the previous batch's activations
-of every partition (``batch_size x seq_len x width`` each, as stored) are encoded and
-appended to one staged Parquet file per partition by a writer thread; no reference to a
-batch outlives its write. All partitions are published (renamed into place) when the pass
-ends. The writing overlaps the next forward pass, so extraction runs at nearly the speed
-of the forward pass alone; :attr:`ExtractResult.seconds` says where the time went.
+Peak memory is bounded by the batch, never layers x tokens. Hooks copy each wanted layer,
+the moment the forward pass makes it, into one of two sets of host buffers made before the
+first pass (``batch_size x seq_len x width`` each, as stored), so a pass allocates what a
+bare forward pass allocates and keeps no layer alive to its end (``output_hidden_states``
+would hold them all; it is only the fallback for architectures whose blocks tnb does not
+know). Meanwhile a writer thread encodes the previous batch's set and appends it to one
+staged Parquet file per partition; no reference to a batch outlives its write. glibc's heap
+is held steady through the pass (:class:`_Heap`). All partitions are published (renamed
+into place) when the pass ends. The writing overlaps the next forward pass, so extraction
+runs at nearly the speed of the forward pass alone; :attr:`ExtractResult.seconds` says
+where the time went.
 """
 
 from __future__ import annotations

@@ -434,7 +434,10 @@ def test_host_buffers_round_like_to_and_are_reused() -> None:
     assert torch.equal(_into_buffer(slots, ("resid", 1), larger), larger)
 
 
-def test_load_model_asks_torch_for_huge_pages_unless_told_otherwise(tmp_path: Path) -> None:
+def test_load_model_leaves_pytorchs_allocator_settings_alone(tmp_path: Path) -> None:
+    """Huge pages (asked for before the hooks: bounded memory at ~10% of the speed) are no
+    longer switched on: PyTorch's CPU allocator runs as it does by default, as the bare
+    forward pass tnb is measured against does."""
     code = textwrap.dedent(
         f"""
         import os, sys
@@ -447,7 +450,4 @@ def test_load_model_asks_torch_for_huge_pages_unless_told_otherwise(tmp_path: Pa
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-1] == "1"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "THP_MEM_ALLOC_ENABLE": "0"},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-1] == "0"
+    assert out.stdout.split()[-1] == "None"

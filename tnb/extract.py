@@ -79,7 +79,8 @@ class ExtractResult:
     n_layers: int
     written: tuple[str, ...]  # partitions published by this call
     skipped: tuple[str, ...]  # partitions that were already complete
-    # where the time went (seconds): load, forward, convert (to the stored dtype, on the host),
+    # where the time went (seconds): load (model and tokenizer), forward, convert (the hooks'
+    # copies to the stored dtype, on the host; inside the forward pass, not in "forward"),
     # write (encode + append, in the writer thread, overlapping the next forward), wait (the
     # forward loop blocked on the writer), publish; empty when nothing was written
     seconds: Mapping[str, float] = field(default_factory=dict)
@@ -616,7 +617,9 @@ def extract_activations(
             mlp_module_name(arch.model_type, 1)  # fails early for unsupported architectures
         for layer in check_layers(arch, site, None if layers is None else list(layers), spec.name):
             wanted.append((site, layer, partition_key("activations", model=spec.name, site=site, layer=layer)))
+    start = time.perf_counter()
     _, tokenizer = load_tokenizer(spec)
+    tokenizer_seconds = time.perf_counter() - start
     wrapping, special_tokens, identity = _wrapped_identity(spec, stream, tokenizer, add_bos)
     config = {**identity, "dtype": dtype}
     if wrapping.prefix or wrapping.suffix:
@@ -636,6 +639,7 @@ def extract_activations(
                 {token_id: tokenizer.decode([token_id]) for token_id in (*wrapping.prefix, *wrapping.suffix)}, inputs,
                 on_progress,
             )
+            seconds["load"] += tokenizer_seconds  # the model's tokenizer (its special tokens), loaded with it
         # the models row once its activations exist
         register_model(lake, spec, arch, identity, special_tokens, overwrite=overwrite or replace_row)
     return ExtractResult(spec.name, stream, arch.n_layers, tuple(str(k) for _, _, k in todo), skipped, seconds)

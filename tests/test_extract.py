@@ -308,6 +308,28 @@ def test_the_heap_hands_free_pages_back_only_above_the_retained_limit(monkeypatc
     assert calls[-1] == ("mallopt", -1, 2 * tnb.extract.MMAP_THRESHOLD)
 
 
+def test_a_model_that_fails_to_load_leaves_the_heap_settings_restored(
+    tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tnb.extract
+
+    closed: list[bool] = []
+
+    class Heap(tnb.extract._Heap):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("truncated weights")
+
+    monkeypatch.setattr(tnb.extract, "_Heap", Heap)
+    monkeypatch.setattr(tnb.extract, "load_model", broken)
+    with pytest.raises(ModelError, match="cannot load the weights of .*truncated weights"):
+        _extract(Lake(tmp_path), str(tiny_gpt2_dir), sites=("resid",))
+    assert closed == [True]
+
+
 def test_elsewhere_than_glibc_the_heap_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     import tnb.extract
 

@@ -314,8 +314,9 @@ class _Capture:
         resid = {layer for site, layer in self.wanted if site == "resid"}
         blocks_name = block_list_name(arch.model_type)
         blocks = model.get_submodule(blocks_name) if resid and blocks_name is not None else None
-        self.wants_resid = bool(resid)
         self.residual_hooks = blocks is not None and len(blocks) == arch.n_layers
+        #: the pass must return every layer: residual ones wanted where no hooks can copy them
+        self.needs_hidden_states = bool(resid) and not self.residual_hooks
         tie = getattr(model.config, "tie_last_hidden_states", None)
         self._last_from_output = (tie is None or bool(tie)) and arch.n_layers in resid
         try:
@@ -385,18 +386,20 @@ class _Capture:
         self._handles.clear()
 
 
+def _sequence_bounds(seq_ids: np.ndarray) -> np.ndarray:
+    """Where each sequence of the stream starts, then the stream's end."""
+    return np.r_[np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]]), len(seq_ids)] if seq_ids.size else np.zeros(1, int)
+
+
 def _longest_sequence(seq_ids: np.ndarray) -> int:
     """The most positions one sequence of the stream has (0 for an empty stream)."""
-    if seq_ids.size == 0:
-        return 0
-    return int(np.diff(np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1], True])).max())
+    return int(np.diff(_sequence_bounds(seq_ids)).max(initial=0))
 
 
 def _batches(token_ids: np.ndarray, seq_ids: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, token-id matrix) per batch of equal-length sequences, in stream order."""
-    starts = np.flatnonzero(np.r_[True, seq_ids[1:] != seq_ids[:-1]])
-    bounds = np.r_[starts, len(seq_ids)]
-    lengths = np.diff(bounds)
+    bounds = _sequence_bounds(seq_ids)
+    starts, lengths = bounds[:-1], np.diff(bounds)
     first = 0
     while first < len(starts):
         last = first + 1
@@ -675,8 +678,10 @@ def _run_model(
     try:
         model = load_model(spec, device)
     except TnbError:
+        heap.close()
         raise
     except Exception as error:  # noqa: BLE001  (truncated or empty weights: safetensors raises its own type)
+        heap.close()
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelError(f"cannot load the weights of {spec.name} from {spec.source}: {reason}") from None
     seconds["load"] = time.perf_counter() - start
@@ -716,7 +721,7 @@ def _run_model(
                 columns = _row_columns(pos, seq_ids[pos[:: ids.shape[1]]], wrapping, special_text)
                 input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64))).to(device)
                 begin, copied = time.perf_counter(), capture.seconds
-                output = _forward(model, input_ids, not capture.residual_hooks and capture.wants_resid, spec.name)
+                output = _forward(model, input_ids, capture.needs_hidden_states, spec.name)
                 capture.after_forward(output)
                 output = None  # nothing of the pass is kept but the copies
                 sync()

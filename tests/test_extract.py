@@ -282,30 +282,47 @@ def test_a_layer_the_hooks_never_saw_is_an_error_not_a_missing_partition() -> No
     assert not model.h[0]._forward_hooks
 
 
-def test_the_heap_hands_free_pages_back_only_above_the_retained_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_heap_keeps_the_first_pass_working_set_and_hands_back_only_growth_beyond_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import tnb.extract
     from tnb.extract import _glibc, _Heap
 
     if _glibc() is None:
         pytest.skip("not glibc: the heap is left as it is")
     calls: list[tuple] = []
+    free = [100 * 2**20]  # the heap's free bytes, as mallinfo2 will report them
 
-    class Recording:  # glibc's calls, recorded; mallinfo2 as glibc reports it
+    class Recording:  # glibc's calls, recorded; mallinfo2 reports ``free``
         def __getattr__(self, name):
-            real = getattr(_glibc(), name)
-            return lambda *args: calls.append((name, *args)) if name != "mallinfo2" else real()
+            if name == "mallinfo2":
+                return lambda: tnb.extract._Mallinfo2(fordblks=free[0])
+            return lambda *args: calls.append((name, *args))
 
     monkeypatch.setattr(tnb.extract, "_glibc", Recording)
     heap = _Heap()
     assert calls == [("mallopt", -3, tnb.extract.MMAP_THRESHOLD), ("mallopt", -1, tnb.extract.TRIM_THRESHOLD)]
-    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", 2**62)  # more than any heap holds: nothing to hand back
+    heap.after_load()  # what loading left free goes back before the first pass
+    assert calls[-1] == ("malloc_trim", 0)
+    heap.between_batches()  # the first pass: its free heap is its working set, kept
+    assert heap.limit == 100 * 2**20 + tnb.extract.RETAINED_FREE and heap.trims == 0
+    free[0] = heap.limit  # the heap no bigger than allowed: nothing to hand back
     heap.between_batches()
-    assert heap.trims == 0 and calls[-1][0] == "mallopt"
-    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", -1)  # any free byte is too many
+    assert heap.trims == 0 and calls[-1] == ("malloc_trim", 0) and len(calls) == 3
+    free[0] = heap.limit + 1  # grown beyond it (fragmentation): the free pages go back
     heap.between_batches()
-    assert heap.trims == 1 and calls[-1] == ("malloc_trim", 0)
+    assert heap.trims == 1 and calls[-1] == ("malloc_trim", 0) and len(calls) == 4
     heap.close()
     assert calls[-1] == ("mallopt", -1, 2 * tnb.extract.MMAP_THRESHOLD)
+
+
+def test_glibcs_heap_statistics_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tnb.extract import _glibc
+
+    if _glibc() is None:
+        pytest.skip("not glibc")
+    info = _glibc().mallinfo2()
+    assert info.arena > 0 and 0 <= info.fordblks <= info.arena + info.hblkhd
 
 
 def test_a_model_that_fails_to_load_leaves_the_heap_settings_restored(
@@ -335,10 +352,12 @@ def test_elsewhere_than_glibc_the_heap_is_left_alone(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(tnb.extract, "_glibc", lambda: None)
     heap = tnb.extract._Heap()
-    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", -1)
+    monkeypatch.setattr(tnb.extract, "RETAINED_FREE", -(2**62))  # any free byte would be too many
+    heap.after_load()
+    heap.between_batches()
     heap.between_batches()
     heap.close()
-    assert heap.trims == 0
+    assert heap.trims == 0 and heap.limit is None
 
 
 def test_a_failing_write_in_the_writer_thread_publishes_nothing(

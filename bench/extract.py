@@ -1,11 +1,14 @@
 """Extraction benchmark: tnb's extractor against a bare forward pass and the study's approach.
 
-Three approaches over the same model and the same token stream, each run in a fresh child
-process (so peak RSS is its own), interleaved round by round (bare tnb study, bare tnb
-study, ...), ``--repeats`` rounds:
+Four approaches over the same model and the same token stream, each run in a fresh child
+process (so peak RSS is its own), interleaved round by round (bare bare-heap tnb study,
+bare bare-heap tnb study, ...), ``--repeats`` rounds:
 
 - bare: the base model (loaded as tnb loads it), batched as tnb batches, ``use_cache=False``,
   no hidden states, nothing kept or written: the limit for tnb's speed;
+- bare-heap: the same bare pass under tnb's policy for glibc's heap
+  (:class:`tnb.extract._Heap`), so what the forward pass itself holds under it is measured,
+  apart from what tnb adds;
 - tnb: :func:`tnb.extract.extract_activations`, every residual layer, tokens -> published
   float16 Parquet in the lake;
 - study: the plain HF model *with* its LM head, batch size 1, ``output_hidden_states``,
@@ -16,7 +19,7 @@ warm-up forward pass are timed apart). It prints min / median / max of each figu
 ratio of medians, where tnb's time goes, and the load average before and after (flagged
 when the machine was busy). Memory: peak RSS (each child's VmHWM) and peak RSS above the
 loaded model (VmRSS after load + warm-up: weights, libraries, thread pools), measured for
-tnb and the bare pass at each of ``--memory-tokens``, against one batch of every layer in float32.
+tnb and both bare passes at each of ``--memory-tokens``, against one batch of every layer in float32.
 
     python bench/extract.py                               # GPT-2-small shape (12 x 768), random weights
     python bench/extract.py --model minilm                # the offline pretrained model
@@ -35,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-APPROACHES = ("bare", "tnb", "study")
+APPROACHES = ("bare", "bare-heap", "tnb", "study")
 STAGES = ("forward", "convert", "write", "wait", "publish")
 
 
@@ -85,26 +88,34 @@ def _warm_up(model) -> None:
             parameter.sum()
 
 
-def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int, heap: bool = False) -> dict:
+    """A bare forward pass that keeps nothing; ``heap``: under tnb's heap policy (``tnb.extract._Heap``)."""
     import numpy as np
     import torch
 
-    from tnb.extract import _batches, _wrapped_identity
+    from tnb.extract import _batches, _Heap, _wrapped_identity
     from tnb.models import load_model
 
     spec, stream, token_ids, seq_ids, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
     from tnb.models import load_tokenizer
 
     wrapping, _, _ = _wrapped_identity(spec, stream, load_tokenizer(spec)[1], False)
+    held = _Heap() if heap else None
     begin = time.perf_counter()
     base = load_model(spec, "cpu")
     _warm_up(base)
     load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
+    if held is not None:
+        held.after_load()
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for _, ids in _batches(token_ids, seq_ids, batch_size):
             input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64)))
             base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+            if held is not None:
+                held.between_batches()
+    if held is not None:
+        held.close()
     return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
             "tokenize_s": tokenize_s,
             "model_rss_mb": model_rss, "tokens": len(token_ids)}
@@ -209,7 +220,7 @@ def main() -> None:
                         help="tnb's and the bare pass's peak RSS at each of these sizes (the speed rounds' size is reused)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=("study", "tnb", "bare", "make-model"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("study", "tnb", "bare", "bare-heap", "make-model"), help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -221,8 +232,8 @@ def main() -> None:
         sizes = (args.model, args.lake, args.max_tokens, args.seq_len)
         if args.child == "study":
             result = child_study(*sizes, args.lake / "study.npz")
-        elif args.child == "bare":
-            result = child_bare(*sizes, args.batch_size)
+        elif args.child in ("bare", "bare-heap"):
+            result = child_bare(*sizes, args.batch_size, heap=args.child == "bare-heap")
         else:
             result = child_tnb(*sizes, args.batch_size)
         result.setdefault("peak_rss_mb", memory_mb()[1])
@@ -255,7 +266,7 @@ def main() -> None:
                 rows[approach].append(run(approach, args.max_tokens, f"round {repeat + 1}"))
         # peak memory at every size, of tnb and of the bare pass beside it (whose own peak is the allowance)
         memory: dict[str, dict[int, list[dict]]] = {}
-        for approach in [a for a in ("bare", "tnb") if a in args.approaches]:
+        for approach in [a for a in ("bare", "bare-heap", "tnb") if a in args.approaches]:
             memory[approach] = {args.max_tokens: rows[approach]}
         for tokens in args.memory_tokens:
             for approach in memory:
@@ -290,6 +301,9 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
         cpu = {a: statistics.median(r["cpu_s"] / r["tokens"] for r in rows[a]) for a in ("tnb", "bare")}
         print(f"CPU time per token, ratio of medians tnb / bare: {cpu['tnb'] / cpu['bare']:.3f}x (the work writing adds; "
               "on a machine whose cores are all busy, tokens/s cannot beat its inverse)")
+    if "tnb" in medians and "bare-heap" in medians:
+        print(f"tokens/s, ratio of medians tnb / bare forward pass under tnb's heap policy: "
+              f"{medians['tnb'] / medians['bare-heap']:.3f}x")
     if "tnb" in medians and "study" in medians:
         print(f"tokens/s, ratio of medians tnb / study: {medians['tnb'] / medians['study']:.2f}x (goal >= 1.5x)")
     if rows.get("tnb"):
@@ -308,7 +322,7 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
         print(f"bytes per activation on disk: tnb {runs[0]['bytes'] / runs[0]['values']:.2f}"
               + (f", study {rows['study'][0]['bytes'] / rows['study'][0]['values']:.2f}" if rows.get("study") else ""))
         batch_mb = runs[0]["batch_mb"]
-        tnb_memory, bare_memory = memory.get("tnb", {}), memory.get("bare", {})
+        tnb_memory, bare_memory, heap_memory = memory.get("tnb", {}), memory.get("bare", {}), memory.get("bare-heap", {})
 
         def above(tokens: int, approach: dict[int, list[dict]]) -> list[float]:
             return [r["peak_rss_mb"] - r["model_rss_mb"] for r in approach.get(tokens, [])]
@@ -316,14 +330,21 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
         print(f"\ntnb's memory; one batch of every layer in float32: {batch_mb:.0f} MB; the bare pass beside it "
               "(its own peak, the forward pass's transients as glibc holds them, is the allowance)")
         print("| tokens | tnb peak RSS MB | model MB | tnb peak above the model MB | / one batch | "
-              "bare peak above the model MB | tnb - bare, medians MB |")
-        print("|---|---|---|---|---|---|---|")
+              "bare peak above the model MB | tnb - bare, medians MB | bare under tnb's heap policy MB | "
+              "tnb - that, medians MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+
+        def beside(ours: list[float], theirs: list[float]) -> str:
+            if not theirs:
+                return "- | -"
+            return f"{spread(theirs)} | {statistics.median(ours) - statistics.median(theirs):+.0f}"
+
         for tokens, measured in sorted(tnb_memory.items()):
-            ours, theirs = above(tokens, tnb_memory), above(tokens, bare_memory)
-            extra = f"{statistics.median(ours) - statistics.median(theirs):+.0f}" if theirs else "-"
+            ours = above(tokens, tnb_memory)
             print(f"| {tokens:,} | {spread([r['peak_rss_mb'] for r in measured])} | "
                   f"{spread([r['model_rss_mb'] for r in measured])} | {spread(ours)} | "
-                  f"{statistics.median(ours) / batch_mb:.1f}x | {spread(theirs) if theirs else '-'} | {extra} |")
+                  f"{statistics.median(ours) / batch_mb:.1f}x | {beside(ours, above(tokens, bare_memory))} | "
+                  f"{beside(ours, above(tokens, heap_memory))} |")
         sizes = sorted(tnb_memory)
         if len(sizes) > 1:
             first, last = sizes[0], sizes[-1]
@@ -338,6 +359,8 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
                   "Python objects read before the model, which the model column also holds)")
             if all(bare_memory.get(tokens) for tokens in (first, last)):
                 print(f"the bare pass's own peak above the model over the same sizes: {growth(bare_memory):+.0f} MB")
+            if all(heap_memory.get(tokens) for tokens in (first, last)):
+                print(f"the bare pass's under tnb's heap policy, same sizes: {growth(heap_memory):+.0f} MB")
 
 
 if __name__ == "__main__":

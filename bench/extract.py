@@ -88,6 +88,16 @@ def _warm_up(model) -> None:
             parameter.sum()
 
 
+class _NoHeap:
+    """glibc's heap left as it is (the plain bare pass)."""
+
+    def after_load(self) -> None: ...
+
+    def between_batches(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int, heap: bool = False) -> dict:
     """A bare forward pass that keeps nothing; ``heap``: under tnb's heap policy (``tnb.extract._Heap``)."""
     import numpy as np
@@ -100,22 +110,19 @@ def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size
     from tnb.models import load_tokenizer
 
     wrapping, _, _ = _wrapped_identity(spec, stream, load_tokenizer(spec)[1], False)
-    held = _Heap() if heap else None
+    held = _Heap() if heap else _NoHeap()
     begin = time.perf_counter()
     base = load_model(spec, "cpu")
     _warm_up(base)
     load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
-    if held is not None:
-        held.after_load()
+    held.after_load()
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for _, ids in _batches(token_ids, seq_ids, batch_size):
             input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64)))
             base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
-            if held is not None:
-                held.between_batches()
-    if held is not None:
-        held.close()
+            held.between_batches()
+    held.close()
     return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
             "tokenize_s": tokenize_s,
             "model_rss_mb": model_rss, "tokens": len(token_ids)}
@@ -217,7 +224,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every approach")
     parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
     parser.add_argument("--memory-tokens", type=int, nargs="*", default=[5_000, 20_000],
-                        help="tnb's and the bare pass's peak RSS at each of these sizes (the speed rounds' size is reused)")
+                        help="tnb's and the bare passes' peak RSS at each of these sizes (the speed rounds' size is reused)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--child", choices=("study", "tnb", "bare", "bare-heap", "make-model"), help=argparse.SUPPRESS)
@@ -360,7 +367,7 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
             if all(bare_memory.get(tokens) for tokens in (first, last)):
                 print(f"the bare pass's own peak above the model over the same sizes: {growth(bare_memory):+.0f} MB")
             if all(heap_memory.get(tokens) for tokens in (first, last)):
-                print(f"the bare pass's under tnb's heap policy, same sizes: {growth(heap_memory):+.0f} MB")
+                print(f"the bare pass under tnb's heap policy, same sizes: {growth(heap_memory):+.0f} MB")
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def test_the_heap_keeps_the_first_pass_working_set_and_hands_back_only_growth_be
     assert calls[-1] == ("mallopt", -1, 2 * tnb.extract.MMAP_THRESHOLD)
 
 
-def test_glibcs_heap_statistics_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_glibcs_heap_statistics_are_read() -> None:
     from tnb.extract import _glibc
 
     if _glibc() is None:

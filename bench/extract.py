@@ -58,6 +58,42 @@ def memory_mb() -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+class BatchPeaks:
+    """Peak RSS of every batch: VmHWM read after the batch, then reset to the current RSS
+    (``/proc/self/clear_refs``), so the run's peaks can be told apart from a trend with tokens.
+
+    :meth:`start` (after the model's load) keeps the load's peak, so :attr:`overall` is still
+    the whole run's peak. Where the reset is refused, :attr:`batches` stays empty.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[float] = []
+        self.overall = 0.0
+        self._reset = Path("/proc/self/clear_refs")
+
+    def _read_and_reset(self) -> float | None:
+        peak = memory_mb()[1]
+        self.overall = max(self.overall, peak)
+        try:
+            self._reset.write_text("5")
+        except OSError:
+            return None
+        return peak
+
+    def start(self) -> None:
+        self._read_and_reset()
+
+    def record(self) -> None:
+        peak = self._read_and_reset()
+        if peak is not None:
+            self.batches.append(peak)
+
+    def finish(self) -> float:
+        """The whole run's peak RSS."""
+        self.overall = max(self.overall, memory_mb()[1])
+        return self.overall
+
+
 def _token_stream(model: str, lake: Path, max_tokens: int, seq_len: int):
     """Tokenize into a fresh lake (timed); returns (spec, stream, token_ids, seq_ids, tokenize seconds)."""
     from tnb.extract import ensure_token_stream
@@ -116,16 +152,20 @@ def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size
     _warm_up(base)
     load_s, model_rss = time.perf_counter() - begin, memory_mb()[0]
     held.after_load()
+    peaks = BatchPeaks()
+    peaks.start()
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for _, ids in _batches(token_ids, seq_ids, batch_size):
             input_ids = torch.from_numpy(wrapping.apply(ids.astype(np.int64)))
             base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
             held.between_batches()
+            peaks.record()
     held.close()
-    return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "load_s": load_s,
-            "tokenize_s": tokenize_s,
-            "model_rss_mb": model_rss, "tokens": len(token_ids)}
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_s": cpu_s, "load_s": load_s, "tokenize_s": tokenize_s,
+            "model_rss_mb": model_rss, "peak_rss_mb": peaks.finish(), "batch_peaks_mb": peaks.batches,
+            "tokens": len(token_ids)}
 
 
 def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
@@ -141,6 +181,7 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
 
     spec, stream, token_ids, _, tokenize_s = _token_stream(model, lake, max_tokens, seq_len)
     load_model, model_rss, load_cpu = tnb.extract.load_model, [], []
+    peaks = BatchPeaks()
 
     def load_and_warm_up(*args, **kwargs):  # the same warm-up as the others, inside the load's time
         cpu = time.process_time()
@@ -148,21 +189,24 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
         _warm_up(loaded)
         model_rss.append(memory_mb()[0])
         load_cpu.append(time.process_time() - cpu)
+        peaks.start()
         return loaded
 
     tnb.extract.load_model = load_and_warm_up
     target = Lake(lake)
     start, cpu = time.perf_counter(), time.process_time()
-    result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False)
+    result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False,
+                                 on_progress=lambda done, total: peaks.record())
     seconds = time.perf_counter() - start - result.seconds["load"]
     cpu_s = time.process_time() - cpu - load_cpu[0]
-    peak_rss = memory_mb()[1]  # before anything is read back
+    peak_rss = peaks.finish()  # before anything is read back
     files = list((Path(lake) / "activations").rglob("*.parquet"))
     layout = act_layout(pq.read_schema(files[0]).field("act"))
     assert layout is not None, f"no activations column in {files[0]}"
     width = layout[0]
     return {"seconds": seconds, "cpu_s": cpu_s, "load_s": result.seconds["load"], "tokenize_s": tokenize_s,
-            "model_rss_mb": model_rss[0], "peak_rss_mb": peak_rss, "tokens": len(token_ids),
+            "model_rss_mb": model_rss[0], "peak_rss_mb": peak_rss, "batch_peaks_mb": peaks.batches,
+            "tokens": len(token_ids),
             "split": dict(result.seconds), "bytes": sum(f.stat().st_size for f in files),
             "values": sum(pq.read_metadata(f).num_rows for f in files) * width,
             "batch_mb": batch_size * seq_len * (result.n_layers + 1) * width * 4 / 2**20}
@@ -225,6 +269,8 @@ def main() -> None:
     parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
     parser.add_argument("--memory-tokens", type=int, nargs="*", default=[5_000, 20_000],
                         help="tnb's and the bare passes' peak RSS at each of these sizes (the speed rounds' size is reused)")
+    parser.add_argument("--memory-repeats", type=int, default=3,
+                        help="interleaved runs of every approach at each --memory-tokens size")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--child", choices=("study", "tnb", "bare", "bare-heap", "make-model"), help=argparse.SUPPRESS)
@@ -275,10 +321,11 @@ def main() -> None:
         memory: dict[str, dict[int, list[dict]]] = {}
         for approach in [a for a in ("bare", "bare-heap", "tnb") if a in args.approaches]:
             memory[approach] = {args.max_tokens: rows[approach]}
-        for tokens in args.memory_tokens:
-            for approach in memory:
-                if tokens != args.max_tokens or not memory[approach][tokens]:
-                    memory[approach][tokens] = [run(approach, tokens, "memory ")]
+        for repeat in range(args.memory_repeats):  # interleaved: approach after approach, size after size
+            for tokens in args.memory_tokens:
+                for approach in memory:
+                    if tokens != args.max_tokens or not rows[approach]:
+                        memory[approach].setdefault(tokens, []).append(run(approach, tokens, f"memory {repeat + 1}"))
     after, load_after = load_line("after")
     report(args, model, rows, memory, before, after, load_before, load_after, cores)
 
@@ -336,10 +383,10 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
 
         print(f"\ntnb's memory; one batch of every layer in float32: {batch_mb:.0f} MB; the bare pass beside it "
               "(its own peak, the forward pass's transients as glibc holds them, is the allowance)")
-        print("| tokens | tnb peak RSS MB | model MB | tnb peak above the model MB | / one batch | "
+        print("| tokens | runs | tnb peak RSS MB | model MB | tnb peak above the model MB | / one batch | "
               "bare peak above the model MB | tnb - bare, medians MB | bare under tnb's heap policy MB | "
               "tnb - that, medians MB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
 
         def beside(ours: list[float], theirs: list[float]) -> str:
             if not theirs:
@@ -348,7 +395,7 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
 
         for tokens, measured in sorted(tnb_memory.items()):
             ours = above(tokens, tnb_memory)
-            print(f"| {tokens:,} | {spread([r['peak_rss_mb'] for r in measured])} | "
+            print(f"| {tokens:,} | {len(measured)} | {spread([r['peak_rss_mb'] for r in measured])} | "
                   f"{spread([r['model_rss_mb'] for r in measured])} | {spread(ours)} | "
                   f"{statistics.median(ours) / batch_mb:.1f}x | {beside(ours, above(tokens, bare_memory))} | "
                   f"{beside(ours, above(tokens, heap_memory))} |")
@@ -368,6 +415,34 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
                 print(f"the bare pass's own peak above the model over the same sizes: {growth(bare_memory):+.0f} MB")
             if all(heap_memory.get(tokens) for tokens in (first, last)):
                 print(f"the bare pass under tnb's heap policy, same sizes: {growth(heap_memory):+.0f} MB")
+        batch_peaks_report(memory)
+
+
+def batch_peaks_report(memory: dict[str, dict[int, list[dict]]]) -> None:
+    """Every batch's own peak above the model, at the largest size: their spread, and the
+    drift from the first quarter of a run's batches to its last (median of runs)."""
+    lines = []
+    for approach, by_size in memory.items():
+        if not by_size:
+            continue
+        tokens = max(by_size)
+        runs = [r for r in by_size[tokens] if len(r.get("batch_peaks_mb", [])) >= 8]
+        if not runs:
+            continue
+        above = [[peak - r["model_rss_mb"] for peak in r["batch_peaks_mb"]] for r in runs]
+        every = [peak for run in above for peak in run]
+        drift = [statistics.median(run[-(len(run) // 4):]) - statistics.median(run[: len(run) // 4]) for run in above]
+        lines.append(f"| {approach} | {tokens:,} | {len(runs)} x {statistics.median(len(run) for run in above):.0f} | "
+                     f"{spread(every)} | {statistics.median(every) - min(every):.0f} | "
+                     f"{max(every) - statistics.median(every):.0f} | {spread(drift)} |")
+    if lines:
+        print("\nevery batch's own peak RSS above the model (VmHWM reset after each batch), at the largest size: "
+              "a run's peak is the highest of these, so it grows with tokens only if they drift upwards, and "
+              "otherwise by chance (more batches, more draws from the same spread)")
+        print("| approach | tokens | runs x batches | per-batch peak MB (min / median / max) | median - min | "
+              "max - median | drift, last quarter - first quarter of a run, medians MB (min / median / max) |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

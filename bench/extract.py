@@ -1,8 +1,8 @@
 """Extraction benchmark: tnb's extractor against a bare forward pass and the study's approach.
 
-Four approaches over the same model and the same token stream, each run in a fresh child
-process (so peak RSS is its own), interleaved round by round (bare bare-heap tnb study,
-bare bare-heap tnb study, ...), ``--repeats`` rounds:
+Four approaches (and a fifth on request) over the same model and the same token stream, each
+run in a fresh child process (so peak RSS is its own), interleaved round by round (bare
+bare-heap tnb study, bare bare-heap tnb study, ...), ``--repeats`` rounds:
 
 - bare: the base model (loaded as tnb loads it), batched as tnb batches, ``use_cache=False``,
   no hidden states, nothing kept or written: the limit for tnb's speed;
@@ -12,14 +12,24 @@ bare bare-heap tnb study, ...), ``--repeats`` rounds:
 - tnb: :func:`tnb.extract.extract_activations`, every residual layer, tokens -> published
   float16 Parquet in the lake;
 - study: the plain HF model *with* its LM head, batch size 1, ``output_hidden_states``,
-  every layer kept in RAM as float32, saved with ``np.savez_compressed``.
+  every layer kept in RAM as float32, saved with ``np.savez_compressed``;
+- tnb-mmap4 (only when named in ``--approaches``): tnb with glibc's mmap threshold at 4 MiB
+  instead of tnb's 32 MiB, so the forward pass's large transients are mapped afresh and
+  unmapped when freed instead of reusing heap pages: what holding them in the heap costs in
+  memory, and saves in time;
+- tnb-jemalloc (only when named): tnb in a process started with ``LD_PRELOAD`` set to
+  jemalloc (Debian: ``apt-get install libjemalloc2``) and ``MALLOC_CONF`` set to
+  :data:`JEMALLOC_CONF`, as the README suggests for extraction; tnb's heap policy then
+  stands aside.
 
 Tokens/s is the pass alone (every approach: model load, tokenization and a one-token
 warm-up forward pass are timed apart). It prints min / median / max of each figure, the
 ratio of medians, where tnb's time goes, and the load average before and after (flagged
 when the machine was busy). Memory: peak RSS (each child's VmHWM) and peak RSS above the
 loaded model (VmRSS after load + warm-up: weights, libraries, thread pools), measured for
-tnb and both bare passes at each of ``--memory-tokens``, against one batch of every layer in float32.
+tnb and both bare passes at each of ``--memory-tokens``, ``--memory-repeats`` interleaved runs
+each, against one batch of every layer in float32; and every batch's own peak (VmHWM reset
+after each batch), whose spread and drift over a run tell a trend with tokens from chance.
 
     python bench/extract.py                               # GPT-2-small shape (12 x 768), random weights
     python bench/extract.py --model minilm                # the offline pretrained model
@@ -29,6 +39,7 @@ tnb and both bare passes at each of ``--memory-tokens``, against one batch of ev
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import statistics
@@ -38,7 +49,14 @@ import tempfile
 import time
 from pathlib import Path
 
-APPROACHES = ("bare", "bare-heap", "tnb", "study")
+APPROACHES = ("bare", "bare-heap", "tnb", "study", "tnb-mmap4", "tnb-jemalloc")
+#: run unless ``--approaches`` says otherwise (the other two are side experiments)
+DEFAULT_APPROACHES = ("bare", "bare-heap", "tnb", "study")
+#: glibc's mmap threshold of the tnb-mmap4 approach
+SMALL_MMAP_THRESHOLD = 4 * 2**20
+#: jemalloc's settings of the tnb-jemalloc approach: no dedicated arena for large blocks and no
+#: purging, so freed pages are reused in size classes (the README's settings)
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 STAGES = ("forward", "convert", "write", "wait", "publish")
 
 
@@ -168,7 +186,9 @@ def child_bare(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size
             "tokens": len(token_ids)}
 
 
-def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int) -> dict:
+def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size: int,
+              mmap_threshold: int | None = None) -> dict:
+    """tnb's extraction; ``mmap_threshold``: glibc's, in place of tnb's (:data:`tnb.extract.MMAP_THRESHOLD`)."""
     import pyarrow.parquet as pq
     import torch  # noqa: F401  (imported before the clock starts, as in the other approaches)
     import tqdm.auto  # noqa: F401
@@ -193,6 +213,8 @@ def child_tnb(model: str, lake: Path, max_tokens: int, seq_len: int, batch_size:
         return loaded
 
     tnb.extract.load_model = load_and_warm_up
+    if mmap_threshold is not None:
+        tnb.extract.MMAP_THRESHOLD = mmap_threshold
     target = Lake(lake)
     start, cpu = time.perf_counter(), time.process_time()
     result = extract_activations(target, spec, stream, ("resid",), None, batch_size=batch_size, progress=False,
@@ -239,13 +261,26 @@ def child_study(model: str, lake: Path, max_tokens: int, seq_len: int, out: Path
             "values": sum(a.size for a in arrays.values())}
 
 
-def run_child(argv: list[str]) -> dict:
-    return run_child_of(__file__, argv)
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict:
+    return run_child_of(__file__, argv, env)
 
 
-def run_child_of(script: str, argv: list[str]) -> dict:
+def jemalloc() -> str:
+    """jemalloc's shared library, for ``LD_PRELOAD`` (exits with a one-line reason where there is none)."""
+    found = ctypes.util.find_library("jemalloc")
+    if found is None:
+        sys.exit("tnb-jemalloc: no jemalloc on this machine (Debian/Ubuntu: apt-get install libjemalloc2)")
+    return found
+
+
+def allocator() -> str:
+    """jemalloc where this process has it mapped, else glibc's malloc."""
+    return "jemalloc" if "jemalloc" in Path("/proc/self/maps").read_text() else "glibc"
+
+
+def run_child_of(script: str, argv: list[str], env: dict[str, str] | None = None) -> dict:
     """Run ``script`` with ``argv`` in a fresh process; its last line of output is a JSON row."""
-    completed = subprocess.run([sys.executable, script, *argv], check=False, capture_output=True, text=True)
+    completed = subprocess.run([sys.executable, script, *argv], check=False, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
         sys.exit(f"child {argv[:2]} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -266,14 +301,16 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: a GPT-2-small-shaped random model")
     parser.add_argument("--max-tokens", type=int, default=20_000, help="tokens of the speed rounds")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every approach")
-    parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
+    parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(DEFAULT_APPROACHES),
+                        help="tnb-mmap4: tnb with glibc's mmap threshold at 4 MiB, so the forward pass's large "
+                             "transients are mapped afresh and unmapped, not held in the heap (default: %(default)s)")
     parser.add_argument("--memory-tokens", type=int, nargs="*", default=[5_000, 20_000],
                         help="tnb's and the bare passes' peak RSS at each of these sizes (the speed rounds' size is reused)")
     parser.add_argument("--memory-repeats", type=int, default=3,
                         help="interleaved runs of every approach at each --memory-tokens size")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child", choices=("study", "tnb", "bare", "bare-heap", "make-model"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=(*APPROACHES, "make-model"), help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -288,8 +325,9 @@ def main() -> None:
         elif args.child in ("bare", "bare-heap"):
             result = child_bare(*sizes, args.batch_size, heap=args.child == "bare-heap")
         else:
-            result = child_tnb(*sizes, args.batch_size)
+            result = child_tnb(*sizes, args.batch_size, SMALL_MMAP_THRESHOLD if args.child == "tnb-mmap4" else None)
         result.setdefault("peak_rss_mb", memory_mb()[1])
+        result["allocator"] = allocator()
         print(json.dumps(result))
         return
 
@@ -304,8 +342,12 @@ def main() -> None:
 
         def run(approach: str, tokens: int, label: str) -> dict:
             lake = Path(tempfile.mkdtemp(dir=tmp))
+            env = ({**os.environ, "LD_PRELOAD": jemalloc(), "MALLOC_CONF": JEMALLOC_CONF}
+                   if approach == "tnb-jemalloc" else None)
             row = run_child(["--child", approach, "--model", model, "--lake", str(lake), "--max-tokens", str(tokens),
-                             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)])
+                             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)], env)
+            if (row["allocator"] == "jemalloc") != (approach == "tnb-jemalloc"):
+                sys.exit(f"{approach}: ran with {row['allocator']}'s malloc")
             row["load_avg"] = os.getloadavg()[0]
             print(f"  {label} {approach:5s} {tokens:6d} tok: {row['tokens'] / row['seconds']:6.0f} tok/s, "
                   f"peak {row['peak_rss_mb']:5.0f} MB (model {row['model_rss_mb']:5.0f} MB), "
@@ -319,7 +361,7 @@ def main() -> None:
                 rows[approach].append(run(approach, args.max_tokens, f"round {repeat + 1}"))
         # peak memory at every size, of tnb and of the bare pass beside it (whose own peak is the allowance)
         memory: dict[str, dict[int, list[dict]]] = {}
-        for approach in [a for a in ("bare", "bare-heap", "tnb") if a in args.approaches]:
+        for approach in [a for a in ("bare", "bare-heap", "tnb", "tnb-mmap4", "tnb-jemalloc") if a in args.approaches]:
             memory[approach] = {args.max_tokens: rows[approach]}
         for repeat in range(args.memory_repeats):  # interleaved: approach after approach, size after size
             for tokens in args.memory_tokens:
@@ -358,6 +400,11 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
     if "tnb" in medians and "bare-heap" in medians:
         print(f"tokens/s, ratio of medians tnb / bare forward pass under tnb's heap policy: "
               f"{medians['tnb'] / medians['bare-heap']:.3f}x")
+    if "tnb" in medians and "tnb-mmap4" in medians:
+        print(f"tokens/s, ratio of medians tnb with a 4 MiB mmap threshold / tnb: "
+              f"{medians['tnb-mmap4'] / medians['tnb']:.3f}x")
+    if "tnb" in medians and "tnb-jemalloc" in medians:
+        print(f"tokens/s, ratio of medians tnb under jemalloc / tnb: {medians['tnb-jemalloc'] / medians['tnb']:.3f}x")
     if "tnb" in medians and "study" in medians:
         print(f"tokens/s, ratio of medians tnb / study: {medians['tnb'] / medians['study']:.2f}x (goal >= 1.5x)")
     if rows.get("tnb"):
@@ -411,10 +458,9 @@ def report(args, model, rows, memory, before, after, load_before, load_after, co
             print(f"growth {first:,} -> {last:,} tokens of tnb's peak above the model: {growth(tnb_memory):+.0f} MB "
                   f"(goal <= +50 MB); of its whole peak RSS: {whole:+.0f} MB (it includes the token stream and "
                   "Python objects read before the model, which the model column also holds)")
-            if all(bare_memory.get(tokens) for tokens in (first, last)):
-                print(f"the bare pass's own peak above the model over the same sizes: {growth(bare_memory):+.0f} MB")
-            if all(heap_memory.get(tokens) for tokens in (first, last)):
-                print(f"the bare pass under tnb's heap policy, same sizes: {growth(heap_memory):+.0f} MB")
+            for approach, by_size in memory.items():
+                if approach != "tnb" and all(by_size.get(tokens) for tokens in (first, last)):
+                    print(f"the same growth of {approach}'s peak above the model: {growth(by_size):+.0f} MB")
         batch_peaks_report(memory)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -358,6 +359,23 @@ def test_elsewhere_than_glibc_the_heap_is_left_alone(monkeypatch: pytest.MonkeyP
     heap.between_batches()
     heap.close()
     assert heap.trims == 0 and heap.limit is None
+
+
+def test_beside_a_preloaded_allocator_glibcs_heap_is_left_alone() -> None:
+    import ctypes.util
+
+    from tnb.extract import _glibc
+
+    jemalloc = ctypes.util.find_library("jemalloc")
+    if _glibc() is None:
+        pytest.skip("not glibc's malloc in this process")
+    if jemalloc is None:
+        pytest.skip("no jemalloc here (Debian: apt-get install libjemalloc2)")
+    probe = "import tnb.extract as e; print(e._glibc() is None, e._Heap()._libc is None)"
+    for preload, expected in (({"LD_PRELOAD": jemalloc}, "True True"), ({}, "False False")):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | preload
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == expected.split(), (preload, out.stdout, out.stderr[-500:])
 
 
 def test_a_failing_write_in_the_writer_thread_publishes_nothing(

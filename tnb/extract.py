@@ -512,12 +512,18 @@ class _Mallinfo2(ctypes.Structure):
 
 @functools.lru_cache(maxsize=1)
 def _glibc() -> Any:
-    """glibc (``mallopt``, ``malloc_trim``, ``mallinfo2``: 2.33 and later), or None (another C library)."""
+    """glibc (``mallopt``, ``malloc_trim``, ``mallinfo2``: 2.33 and later) where its malloc is
+    the process's, or None: another C library, or another allocator preloaded (jemalloc or
+    tcmalloc through ``LD_PRELOAD``, as the README suggests for extraction), whose heap glibc's
+    calls would not reach."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallinfo2.restype = _Mallinfo2
         libc.mallopt, libc.malloc_trim  # noqa: B018  (all three, or none)
+        process_malloc = ctypes.CDLL(None).malloc  # the first definition in load order
     except (OSError, AttributeError):
+        return None
+    if ctypes.cast(process_malloc, ctypes.c_void_p).value != ctypes.cast(libc.malloc, ctypes.c_void_p).value:
         return None
     return libc
 
@@ -532,7 +538,7 @@ RETAINED_FREE = 64 * 2**20
 
 
 class _Heap:
-    """glibc's heap, held steady through the pass (elsewhere this does nothing).
+    """glibc's heap, held steady through the pass (elsewhere, or beside another allocator, this does nothing).
 
     By default glibc moves its mmap threshold up to the size of every large block freed, so
     whether the forward pass's multi-MB transients are served from the heap (reused, fast) or

@@ -302,8 +302,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=20_000, help="tokens of the speed rounds")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every approach")
     parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(DEFAULT_APPROACHES),
-                        help="tnb-mmap4: tnb with glibc's mmap threshold at 4 MiB, so the forward pass's large "
-                             "transients are mapped afresh and unmapped, not held in the heap (default: %(default)s)")
+                        help="tnb-mmap4 and tnb-jemalloc run only when named (see above; default: %(default)s)")
     parser.add_argument("--memory-tokens", type=int, nargs="*", default=[5_000, 20_000],
                         help="tnb's and the bare passes' peak RSS at each of these sizes (the speed rounds' size is reused)")
     parser.add_argument("--memory-repeats", type=int, default=3,
@@ -313,6 +312,8 @@ def main() -> None:
     parser.add_argument("--child", choices=(*APPROACHES, "make-model"), help=argparse.SUPPRESS)
     parser.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1 or args.memory_repeats < 1:
+        parser.error(f"--repeats and --memory-repeats should be >= 1. Got {args.repeats} and {args.memory_repeats} instead.")
 
     if args.child == "make-model":
         make_gpt2_small(args.lake)
@@ -366,7 +367,7 @@ def main() -> None:
         for repeat in range(args.memory_repeats):  # interleaved: approach after approach, size after size
             for tokens in args.memory_tokens:
                 for approach in memory:
-                    if tokens != args.max_tokens or not rows[approach]:
+                    if tokens != args.max_tokens:  # the speed rounds' runs are that size's
                         memory[approach].setdefault(tokens, []).append(run(approach, tokens, f"memory {repeat + 1}"))
     after, load_after = load_line("after")
     report(args, model, rows, memory, before, after, load_before, load_after, cores)

@@ -17,9 +17,10 @@ bare-heap tnb study, bare bare-heap tnb study, ...), ``--repeats`` rounds:
   instead of tnb's 32 MiB, so the forward pass's large transients are mapped afresh and
   unmapped when freed instead of reusing heap pages: what holding them in the heap costs in
   memory, and saves in time;
-- tnb-jemalloc (only when named): tnb in a process started with ``LD_PRELOAD`` set to
-  jemalloc (Debian: ``apt-get install libjemalloc2``) and ``MALLOC_CONF`` set to
-  :data:`JEMALLOC_CONF`, as the README suggests for extraction; tnb's heap policy then
+- tnb-jemalloc (only when named): tnb in a process started under jemalloc (Debian:
+  ``apt-get install libjemalloc2``) with :data:`tnb.allocator.JEMALLOC_CONF`, the environment
+  :func:`tnb.allocator.preload_environ` makes: what ``tnb run`` and ``tnb extract`` start
+  over on where jemalloc is installed (``--allocator auto``); tnb's glibc heap policy then
   stands aside.
 
 Tokens/s is the pass alone (every approach: model load, tokenization and a one-token
@@ -39,7 +40,6 @@ after each batch), whose spread and drift over a run tell a trend with tokens fr
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import json
 import os
 import statistics
@@ -49,14 +49,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tnb.allocator import find_jemalloc, preload_environ, process_allocator
+
 APPROACHES = ("bare", "bare-heap", "tnb", "study", "tnb-mmap4", "tnb-jemalloc")
 #: run unless ``--approaches`` says otherwise (the other two are side experiments)
 DEFAULT_APPROACHES = ("bare", "bare-heap", "tnb", "study")
 #: glibc's mmap threshold of the tnb-mmap4 approach
 SMALL_MMAP_THRESHOLD = 4 * 2**20
-#: jemalloc's settings of the tnb-jemalloc approach: no dedicated arena for large blocks and no
-#: purging, so freed pages are reused in size classes (the README's settings)
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 STAGES = ("forward", "convert", "write", "wait", "publish")
 
 
@@ -267,15 +266,10 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict:
 
 def jemalloc() -> str:
     """jemalloc's shared library, for ``LD_PRELOAD`` (exits with a one-line reason where there is none)."""
-    found = ctypes.util.find_library("jemalloc")
+    found = find_jemalloc()
     if found is None:
         sys.exit("tnb-jemalloc: no jemalloc on this machine (Debian/Ubuntu: apt-get install libjemalloc2)")
     return found
-
-
-def allocator() -> str:
-    """jemalloc where this process has it mapped, else glibc's malloc."""
-    return "jemalloc" if "jemalloc" in Path("/proc/self/maps").read_text() else "glibc"
 
 
 def run_child_of(script: str, argv: list[str], env: dict[str, str] | None = None) -> dict:
@@ -328,7 +322,7 @@ def main() -> None:
         else:
             result = child_tnb(*sizes, args.batch_size, SMALL_MMAP_THRESHOLD if args.child == "tnb-mmap4" else None)
         result.setdefault("peak_rss_mb", memory_mb()[1])
-        result["allocator"] = allocator()
+        result["allocator"] = process_allocator()
         print(json.dumps(result))
         return
 
@@ -343,8 +337,7 @@ def main() -> None:
 
         def run(approach: str, tokens: int, label: str) -> dict:
             lake = Path(tempfile.mkdtemp(dir=tmp))
-            env = ({**os.environ, "LD_PRELOAD": jemalloc(), "MALLOC_CONF": JEMALLOC_CONF}
-                   if approach == "tnb-jemalloc" else None)
+            env = preload_environ(os.environ, jemalloc()) if approach == "tnb-jemalloc" else None
             row = run_child(["--child", approach, "--model", model, "--lake", str(lake), "--max-tokens", str(tokens),
                              "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)], env)
             if (row["allocator"] == "jemalloc") != (approach == "tnb-jemalloc"):

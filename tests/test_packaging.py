@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tnb.allocator import find_jemalloc, process_allocator
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "tnb", "flows", "sql")
 
@@ -78,6 +80,8 @@ def test_run_query_and_report_from_the_installed_wheel(wheel: Path, tiny_gpt2_di
                 "--seq-len", "64", "--no-control", "--serial", "--grid", "2", "3", "--n-null", "3",
                 "--n-seeds", "1", "--n-shuffles", "0", "--report-dir", str(report)], cwd=work, env=env)
     assert "tnb run: done" in out and (report / "index.html").is_file(), out
+    # started over under jemalloc where one is installed (tnb.allocator), from the installed entry point too
+    assert out.count(f"malloc: {'jemalloc' if find_jemalloc() else process_allocator()}") == 1, out
     assert out.count(f"report: {report / 'index.html'}") == 1, out  # the analyze flow's line, not repeated
 
     top = _run([*tnb, "query", "--lake", str(lake), "top_tokens", "--format", "csv"], cwd=work, env=env)

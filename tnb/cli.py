@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from tnb import __version__
+from tnb.allocator import ALLOCATORS, process_allocator
 from tnb.errors import TnbError
 from tnb.models import PRESETS, SITES
 from tnb.params import BiclusterParams, ComputeParams, CorpusParams, ExtractParams, Study
@@ -284,7 +285,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         )
     print(
         f"{result['model']}: stream {result['stream']}, {len(result['written'])} partitions written, "
-        f"{len(result['skipped'])} already complete"
+        f"{len(result['skipped'])} already complete (malloc: {process_allocator()})"
     )
     return 0
 
@@ -300,7 +301,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outcome = flows_module("pipeline").pipeline_flow(study=study)
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome["seconds"].items())
     # (the analyze flow has printed "report: <path>" already, in the terminal and in the run's log)
-    print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(study.lake).absolute()}")
+    print(f"tnb run: done in {time.perf_counter() - start:.1f}s ({stages}); lake: {Path(study.lake).absolute()}; "
+          f"malloc: {process_allocator()}")
     return 0
 
 
@@ -394,6 +396,14 @@ def _add_lake(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", type=Path, default=Path(DEFAULT_LAKE), help="lake root directory (default: %(default)s)")
 
 
+def _add_allocator(group: Any) -> None:
+    group.add_argument(
+        "--allocator", choices=ALLOCATORS, default="auto",
+        help="the process's malloc: auto starts the command over, once, under jemalloc where one is installed, "
+             "so that extraction's peak memory stays that of one batch (under glibc's malloc it grows with the "
+             "tokens); jemalloc: that, or an error; system: as started (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tnb", description="Token-neuron biclustering of transformer activations.")
     parser.add_argument("--version", action="version", version=f"tnb {__version__}")
@@ -405,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "missing; a partition whose inputs changed is redone.")
     add_params(run, Study, only=("lake", "report_dir", "stages", "overwrite", "progress"))
     add_params(run.add_argument_group("corpus"), CorpusParams, "corpus")
-    add_params(run.add_argument_group("models and extraction"), ExtractParams, "extract")
+    group = run.add_argument_group("models and extraction")
+    add_params(group, ExtractParams, "extract")
+    _add_allocator(group)
     _add_bicluster_options(run)
 
     ingest = _command(commands, "ingest", _cmd_ingest, "corpus -> token stream in the lake",
@@ -425,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--untrained", action="store_true",
                        help="extract the model's untrained twin instead, stored as <model>-untrained")
     group.add_argument("--twin-seed", type=int, default=0, help="torch seed of the twin's weights (default: %(default)s)")
+    _add_allocator(group)
 
     bicluster = _command(commands, "bicluster", _cmd_bicluster, "bicluster the activations already in the lake",
                          "One task per (model, site, layer), run on a local Dask cluster (or --serial, or "
@@ -498,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if argv is None and getattr(args, "allocator", "system") != "system":
+            from tnb.allocator import use_jemalloc
+
+            use_jemalloc(args.allocator)  # this command line again, under jemalloc (once), where one is installed
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return int(args.func(args) or 0)

@@ -28,8 +28,10 @@ first pass (``batch_size x seq_len x width`` each, as stored), so a pass allocat
 bare forward pass allocates and keeps no layer alive to its end (``output_hidden_states``
 would hold them all; it is only the fallback for architectures whose blocks tnb does not
 know). Meanwhile a writer thread encodes the previous batch's set and appends it to one
-staged Parquet file per partition; no reference to a batch outlives its write. glibc's heap
-is held steady through the pass (:class:`_Heap`). All partitions are published (renamed
+staged Parquet file per partition; no reference to a batch outlives its write. Under
+glibc's malloc the heap is held as steady through the pass as glibc allows (:class:`_Heap`);
+under jemalloc, which ``tnb run`` and ``tnb extract`` start on where it is installed
+(:mod:`tnb.allocator`), every batch peaks at the same level. All partitions are published (renamed
 into place) when the pass ends. The writing overlaps the next forward pass, so extraction
 runs at nearly the speed of the forward pass alone; :attr:`ExtractResult.seconds` says
 where the time went.
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tnb.allocator import process_allocator, purge_jemalloc
 from tnb.errors import CorpusError, LakeError, ModelError, TnbError
 from tnb.lake import Lake, PartitionKey, PartitionWriter, partition_key
 from tnb.models import (
@@ -513,17 +516,16 @@ class _Mallinfo2(ctypes.Structure):
 @functools.lru_cache(maxsize=1)
 def _glibc() -> Any:
     """glibc (``mallopt``, ``malloc_trim``, ``mallinfo2``: 2.33 and later) where its malloc is
-    the process's, or None: another C library, or another allocator preloaded (jemalloc or
-    tcmalloc through ``LD_PRELOAD``, as the README suggests for extraction), whose heap glibc's
-    calls would not reach."""
+    the process's, or None: another C library, or another allocator preloaded (jemalloc, as
+    ``tnb extract`` starts itself where it can, or tcmalloc through ``LD_PRELOAD``), whose heap
+    glibc's calls would not reach."""
+    if process_allocator() != "glibc":
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallinfo2.restype = _Mallinfo2
         libc.mallopt, libc.malloc_trim  # noqa: B018  (all three, or none)
-        process_malloc = ctypes.CDLL(None).malloc  # the first definition in load order
     except (OSError, AttributeError):
-        return None
-    if ctypes.cast(process_malloc, ctypes.c_void_p).value != ctypes.cast(libc.malloc, ctypes.c_void_p).value:
         return None
     return libc
 
@@ -538,7 +540,8 @@ RETAINED_FREE = 64 * 2**20
 
 
 class _Heap:
-    """glibc's heap, held steady through the pass (elsewhere, or beside another allocator, this does nothing).
+    """glibc's heap, held steady through the pass (elsewhere, or beside another allocator, this does
+    nothing but purge jemalloc's free pages when the pass ends).
 
     By default glibc moves its mmap threshold up to the size of every large block freed, so
     whether the forward pass's multi-MB transients are served from the heap (reused, fast) or
@@ -581,8 +584,12 @@ class _Heap:
             self.trims += 1
 
     def close(self) -> None:
+        """The pass is over: glibc's trimming as it would be; jemalloc (which never purges by itself
+        under ``tnb extract``'s settings) hands its free pages back."""
         if self._libc is not None:
             self._libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+        else:
+            purge_jemalloc()
 
 
 def _forward(model: Any, input_ids: Any, hidden_states: bool, spec_name: str) -> Any:

@@ -3,15 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-# Debian packages two tests use, installed where they can be (root, apt-get): the report test
-# opens the HTML report in headless Chromium; an extraction test preloads jemalloc
-missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-python3 -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("jemalloc") is None)' 2>/dev/null \
-  || missing+=(libjemalloc2)
-if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-    || echo "warning: could not install ${missing[*]}; the tests that need them will be skipped" >&2
+# the report test opens the HTML report in headless Chromium, installed where it can be (root,
+# apt-get; setup.sh installs jemalloc, which the allocator tests use, the same way)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the test that needs it will be skipped" >&2
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # lint first: a lint error fails CI before the (long) suite starts; tests/test_lint.py checks it too

@@ -505,7 +505,12 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``tnb`` command; its exit status (2: an error a user can act on, printed as one line)."""
+    """Run one ``tnb`` command; its exit status (2: an error a user can act on, printed as one line).
+
+    ``argv`` None: this process's command line, and ``tnb run`` / ``tnb extract`` may start the
+    process over under jemalloc (``--allocator``, :func:`tnb.allocator.use_jemalloc`). Called
+    from Python with ``argv`` given, it never replaces the calling process: ``--allocator`` is
+    then the caller's business."""
     import warnings
 
     parser = build_parser()

@@ -90,7 +90,7 @@ def test_system_and_a_process_that_started_over_carry_on_as_they_are() -> None:
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 2
     assert json.loads(done.stdout.splitlines()[1])[:4] == ["glibc", None, None, False]
     done = _start_over("jemalloc", environ)
-    assert done.returncode == 1 and "--allocator jemalloc: this process runs on glibc's malloc" in done.stderr
+    assert done.returncode == 1 and "--allocator jemalloc: this process runs on glibc's malloc: jemalloc did not load" in done.stderr
 
 
 @needs_jemalloc

@@ -124,8 +124,10 @@ def use_jemalloc(choice: str, argv: Sequence[str] | None = None) -> None:
     allocator = process_allocator()
     if started_over or allocator != "glibc":
         if choice == "jemalloc" and allocator != "jemalloc":
-            raise TnbError(f"--allocator jemalloc: this process runs on {allocator}'s malloc "
-                           "(jemalloc did not load: see the line above, or try --allocator system)")
+            why = ("jemalloc did not load (see the line above)" if started_over
+                   else "another allocator is preloaded (LD_PRELOAD)")
+            raise TnbError(f"--allocator jemalloc: this process runs on {allocator}'s malloc: {why}; "
+                           "or use --allocator system")
         return
     library = find_jemalloc()
     if library is None:

@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "tnb"
 CLI_MODULES = {"tnb.cli", "tnb.__main__"}  # the entry point: it may start flows (lazily)
 SECTIONS = {"corpus": CorpusParams, "extract": ExtractParams, "bicluster": BiclusterParams, "compute": ComputeParams}
-CLI_ONLY = {"-h", "--grid"}  # --grid K...: row_ks and col_ks at once
+# --grid K...: row_ks and col_ks at once; --allocator: the process's malloc, chosen when it starts (no study field:
+# a deployment's flow runs on its worker's)
+CLI_ONLY = {"-h", "--grid", "--allocator"}
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -32,6 +32,7 @@ __all__ = [
     "ALLOCATORS",
     "JEMALLOC_CONF",
     "find_jemalloc",
+    "libc",
     "preload_environ",
     "process_allocator",
     "purge_jemalloc",
@@ -64,17 +65,22 @@ def _process() -> Any:
     return ctypes.CDLL(None)  # the process's symbols, first definition in load order
 
 
-def process_allocator() -> str:
-    """``"glibc"``, ``"jemalloc"`` or ``"other"``: whose ``malloc`` this process calls."""
-    process = _process()
+@functools.lru_cache(maxsize=1)
+def libc() -> Any:
+    """The C library (``find_library`` runs ``ldconfig``: once per process), or None where it cannot be loaded."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc, not another C library)
-        ours = ctypes.cast(process.malloc, ctypes.c_void_p).value
-        if ours == ctypes.cast(libc.malloc, ctypes.c_void_p).value:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def process_allocator() -> str:
+    """``"glibc"``, ``"jemalloc"`` or ``"other"``: whose ``malloc`` this process calls (fixed when it started)."""
+    process, c = _process(), libc()
+    if c is not None and hasattr(c, "gnu_get_libc_version"):  # glibc, not another C library
+        if ctypes.cast(process.malloc, ctypes.c_void_p).value == ctypes.cast(c.malloc, ctypes.c_void_p).value:
             return "glibc"
-    except (OSError, AttributeError):
-        pass
     # jemalloc's own entry point, exported unprefixed by the distributions' builds
     return "jemalloc" if hasattr(process, "mallctl") else "other"
 

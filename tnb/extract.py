@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import inspect
 import os
@@ -55,7 +54,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tnb.allocator import process_allocator, purge_jemalloc
+from tnb.allocator import libc, process_allocator, purge_jemalloc
 from tnb.errors import CorpusError, LakeError, ModelError, TnbError
 from tnb.lake import Lake, PartitionKey, PartitionWriter, partition_key
 from tnb.models import (
@@ -521,13 +520,13 @@ def _glibc() -> Any:
     glibc's calls would not reach."""
     if process_allocator() != "glibc":
         return None
+    c = libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallinfo2.restype = _Mallinfo2
-        libc.mallopt, libc.malloc_trim  # noqa: B018  (all three, or none)
-    except (OSError, AttributeError):
+        c.mallinfo2.restype = _Mallinfo2
+        c.mallopt, c.malloc_trim  # noqa: B018  (all three, or none)
+    except AttributeError:
         return None
-    return libc
+    return c
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
